@@ -1,0 +1,159 @@
+/**
+ * The storage interface: what a connection needs from the place records live.
+ *
+ * A record is `(oid, serial, data)`. `data` is the record envelope written by
+ * `codec/record.ts` (class name, references with the property paths that hold them, and
+ * the state bytes). Storages treat it as opaque bytes; when they need to walk the graph
+ * (closures, garbage collection) they read the references with `readEnvelope(data)`,
+ * never the application's classes.
+ *
+ * Time is counted in tids: positive integers, strictly increasing with each committed
+ * transaction (the embedded storages derive them from the clock in microseconds, so a tid
+ * also says when). A record's serial is the tid of the transaction that wrote it.
+ * Tid 0 means "before the first transaction".
+ *
+ * Every operation that can go remote is batch-shaped: one call loads many oids or stores a
+ * whole transaction, so a remote storage spends one round trip on it.
+ *
+ * Errors: every operation on a closed storage rejects with `StorageError` (code "closed").
+ * Damaged data raises `StorageError` naming the oid. Nothing else is thrown for normal
+ * outcomes: a missing object is `null`, a conflict is a returned value (vote) or a
+ * `ConflictError` (finish).
+ */
+
+export type Oid = number;
+export type Tid = number;
+
+/** The oid of the root object (a PersistentMap), created by the first connection. */
+export const ROOT_OID: Oid = 0;
+
+/** One revision of one object, as loaded. */
+export interface StoredRecord {
+  oid: Oid;
+  /** Tid of the transaction that wrote this revision. */
+  serial: Tid;
+  /** The record envelope (see codec/record.ts). */
+  data: Uint8Array;
+}
+
+/** One object written by a transaction. */
+export interface RecordToStore {
+  oid: Oid;
+  /** The serial this transaction read; 0 for an object this transaction created. */
+  serial: Tid;
+  data: Uint8Array;
+}
+
+/** What a transaction asks the storage to commit, in one batch. */
+export interface CommitRequest {
+  records: RecordToStore[];
+  /** Objects only read, that must still be current at commit (`readCurrent`). */
+  readCurrent: Array<{ oid: Oid; serial: Tid }>;
+  /** Free-form transaction metadata kept with the transaction (user, description). */
+  meta?: Record<string, string>;
+}
+
+/** An object whose committed serial is not the one the transaction read. */
+export interface StorageConflict {
+  oid: Oid;
+  /** The serial the transaction read (0 for a new object). */
+  readSerial: Tid;
+  /** The serial now committed (0 if the object does not exist). */
+  committedSerial: Tid;
+  /** The committed record's data, so a class can resolve the conflict without a load. */
+  committedData: Uint8Array | null;
+  /** True when the object was in `readCurrent` rather than `records`. */
+  readOnly: boolean;
+}
+
+/** Objects changed by transactions after some tid. */
+export interface Changes {
+  /** The newest committed tid: the snapshot a new transaction should read. */
+  tid: Tid;
+  /**
+   * Oids written by transactions with tid in (since, tid]. `null` when the storage can no
+   * longer tell (history packed away, cache missed too much): invalidate everything.
+   */
+  oids: Oid[] | null;
+}
+
+/** A committed transaction, newest first in `transactions()`. */
+export interface TransactionInfo {
+  tid: Tid;
+  oids: Oid[];
+  meta: Record<string, string>;
+}
+
+export interface StorageCapabilities {
+  /** `loadSync` and `newOidsSync` exist: ghosts can load transparently. */
+  readonly synchronous: boolean;
+  /** Old revisions are kept: `loadBefore`, `history`, `open({ at })` and `undo` work. */
+  readonly history: boolean;
+}
+
+export interface Storage {
+  /** The URL or path the storage was opened with (for messages). */
+  readonly url: string;
+  readonly capabilities: StorageCapabilities;
+
+  /** The newest committed tid (0 for an empty storage). */
+  lastTid(): Promise<Tid>;
+
+  /**
+   * Load the revision of each oid that was current at snapshot `at`: the newest revision
+   * with serial <= at. `null` for an oid that did not exist at `at` (never created, or
+   * created later). The result has one entry per requested oid, in order.
+   * Raises `StorageError` naming the oid when a revision that should exist was packed away.
+   */
+  load(oids: readonly Oid[], at: Tid): Promise<Array<StoredRecord | null>>;
+  /** Same as `load`, synchronously; present when `capabilities.synchronous`. */
+  loadSync?(oids: readonly Oid[], at: Tid): Array<StoredRecord | null>;
+
+  /** The newest revision of `oid` with serial < `before`, or `null`. Needs history. */
+  loadBefore(oid: Oid, before: Tid): Promise<StoredRecord | null>;
+
+  /** Revisions of `oid`, newest first, at most `limit`. Needs history. */
+  history(oid: Oid, limit?: number): Promise<StoredRecord[]>;
+
+  /** Reserve `count` fresh oids, never handed out before (also across processes). */
+  newOids(count: number): Promise<Oid[]>;
+  newOidsSync?(count: number): Oid[];
+
+  /**
+   * Phase one of a commit: check every record's `serial` (and every `readCurrent` entry)
+   * against what is committed now. Returns the conflicts; empty means the transaction may
+   * go on to `finish`. Embedded storages check optimistically and hold no lock (finish
+   * checks again atomically); a server may lock until finish or abort.
+   */
+  vote(request: CommitRequest): Promise<StorageConflict[]>;
+
+  /**
+   * Phase two: atomically check again and write every record of `request` under one new
+   * tid, which it returns. Durable when it returns (unless opened with relaxed
+   * durability). If a conflict appeared since the vote, nothing is written and it raises
+   * `ConflictError` (its `conflicts` carry oids and serials; class names may be "?").
+   * Either all records are written or none are.
+   */
+  finish(request: CommitRequest): Promise<Tid>;
+
+  /** Give up a voted transaction (releases what `vote` held). Never throws for a valid request. */
+  abort(request: CommitRequest): Promise<void>;
+
+  /** Which objects changed after `since`, and the newest tid. Used for invalidations. */
+  changesSince(since: Tid): Promise<Changes>;
+  changesSinceSync?(since: Tid): Changes;
+
+  /** Committed transactions with tid > `since`, newest first, at most `limit`. */
+  transactions(since?: Tid, limit?: number): Promise<TransactionInfo[]>;
+
+  /**
+   * Undo transaction `tid`: commit a new transaction that restores, for every object it
+   * wrote, the revision before it. Raises `ConflictError` if any of those objects was
+   * changed by a later transaction. Returns the new tid. Needs history.
+   */
+  undo(tid: Tid): Promise<Tid>;
+
+  /** Release files, handles and connections. Idempotent. */
+  close(): Promise<void>;
+  [Symbol.asyncDispose](): Promise<void>;
+}
