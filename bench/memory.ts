@@ -1,0 +1,79 @@
+/**
+ * Bounded memory: traverse 200,000 stored objects with `cacheSize: 10000` and report the
+ * heap growth after a full GC (target: under 100 MiB). Needs --expose-gc:
+ * `node --expose-gc --import tsx bench/memory.ts [--storage embedded|memory:]`
+ */
+import { PersistentList, Persistent, persistent } from "../src/index.ts";
+import { argValue, labelOf, makeTarget, now } from "./lib.ts";
+
+@persistent("bench.MemItem")
+class MemItem extends Persistent {
+  i = 0;
+  name = "";
+  payload = "";
+  tags: string[] = [];
+}
+
+const TOTAL = Number(argValue("--objects", "200000"));
+const CHUNK = 1000;
+const storage = argValue("--storage", "embedded");
+const gc = (globalThis as { gc?: () => void }).gc;
+if (gc === undefined) throw new Error("run with node --expose-gc");
+const heap = (): number => {
+  gc();
+  gc();
+  return process.memoryUsage().heapUsed;
+};
+
+const target = makeTarget(storage);
+let db = await target.open();
+{
+  const conn = db.open({ cacheSize: 10_000 });
+  const chunks = new PersistentList<PersistentList<MemItem>>();
+  conn.root().set("chunks", chunks);
+  for (let c = 0; c < TOTAL / CHUNK; c++) {
+    const list = new PersistentList<MemItem>();
+    for (let i = 0; i < CHUNK; i++) {
+      const it = new MemItem();
+      it.i = c * CHUNK + i;
+      it.name = `item ${it.i}`;
+      it.payload = "p".repeat(100);
+      it.tags = ["a", "b"];
+      list.push(it);
+    }
+    chunks.push(list);
+    if ((c + 1) % 20 === 0) {
+      await conn.commit();
+      conn.cacheMinimize();
+    }
+  }
+  await conn.commit();
+  await conn.close();
+}
+await db.close();
+
+db = await target.open();
+const conn = db.open({ cacheSize: 10_000 });
+const before = heap();
+const t0 = now();
+let count = 0;
+let sum = 0;
+for (const list of conn.root().get("chunks") as PersistentList<PersistentList<MemItem>>) {
+  for (const it of list) {
+    sum += it.i + it.name.length + it.payload.length + it.tags.length;
+    count++;
+  }
+}
+const ms = now() - t0;
+const peakLoaded = conn.cacheInfo.loaded;
+const after = heap();
+if (count !== TOTAL) throw new Error(`traversed ${count}, expected ${TOTAL}`);
+console.log(
+  `| memory | ${labelOf(storage)} | traverse ${TOTAL.toLocaleString("en")} objects, cacheSize 10,000 | ` +
+    `${ms.toFixed(0)} ms | heap growth after GC ${((after - before) / 2 ** 20).toFixed(1)} MiB | ` +
+    `loaded objects at end ${peakLoaded} | known ${conn.cacheInfo.known} |`,
+);
+if (sum < 0) console.log(sum);
+await conn.close();
+await db.close();
+await target.dispose();

@@ -1,0 +1,78 @@
+/**
+ * Workload a (shootout), as BENCH.md describes: add, update, cold, warm, hot over 10,000
+ * Items in a BTree keyed by int.  `tsx bench/shootout.ts --storage memory:|embedded`
+ */
+import { BTree, Persistent, persistent } from "../src/index.ts";
+import { argValue, labelOf, makeTarget, phase, report, type Phase } from "./lib.ts";
+
+@persistent("bench.Item")
+class Item extends Persistent {
+  i = 0;
+  s = "";
+  f = 0;
+  l: number[] = [];
+  ref: Item | null = null;
+}
+
+const N = 10_000;
+const RUNS = Number(argValue("--runs", "3"));
+const storage = argValue("--storage", "memory:");
+
+function readAll(tree: BTree<number, Item>): number {
+  let x = 0;
+  for (const item of tree.values()) {
+    x += item.i + item.s.length + item.f + item.l[2]!;
+    if (item.ref === null) x++;
+  }
+  return x;
+}
+
+const results: Record<string, Phase[]> = { add: [], update: [], cold: [], warm: [], hot: [] };
+for (let run = 0; run < RUNS; run++) {
+  const target = makeTarget(storage);
+  let db = await target.open();
+  let conn = db.open({ cacheSize: 100_000 });
+  results.add!.push(
+    await phase(conn, N, async () => {
+      const tree = new BTree<number, Item>();
+      const items: Item[] = [];
+      for (let i = 0; i < N; i++) {
+        const it = new Item();
+        it.i = i;
+        it.s = `item-${String(i).padStart(15, "0")}`;
+        it.f = i * 1.5;
+        it.l = [i, i + 1, i + 2];
+        items.push(it);
+        tree.set(i, it);
+      }
+      for (let i = 0; i < N; i++) items[i]!.ref = items[(i + 1) % N]!;
+      conn.root().set("items", tree);
+      await conn.commit();
+    }),
+  );
+  results.update!.push(
+    await phase(conn, N, async () => {
+      for (const item of (conn.root().get("items") as BTree<number, Item>).values()) {
+        item.i += 1;
+        item.f += 1;
+        item.s = `ITEM-${String(item.i).padStart(15, "0")}`;
+      }
+      await conn.commit();
+    }),
+  );
+  await conn.close();
+  await db.close();
+  db = await target.open(); // a new DB object: empty caches
+  conn = db.open({ cacheSize: 100_000 });
+  const tree = () => conn.root().get("items") as BTree<number, Item>;
+  results.cold!.push(await phase(conn, N, () => readAll(tree())));
+  conn.cacheMinimize();
+  results.warm!.push(await phase(conn, N, () => readAll(tree())));
+  const hot: Phase[] = [];
+  for (let r = 0; r < 20; r++) hot.push(await phase(conn, N, () => readAll(tree())));
+  results.hot!.push(hot.sort((a, b) => a.ms - b.ms)[0]!);
+  await conn.close();
+  await db.close();
+  await target.dispose();
+}
+report("a shootout", labelOf(storage), results);

@@ -1,0 +1,582 @@
+/**
+ * A Connection: one object cache, one transaction at a time, one consistent snapshot.
+ *
+ * - Snapshot isolation: every load reads the revision current at `#tid`, the snapshot the
+ *   transaction began with. A transaction begins when the connection is opened and again
+ *   right after each commit or abort; that is when invalidations (objects other
+ *   transactions changed) are applied, never in the middle of a transaction.
+ * - Identity: one oid maps to one object per connection (`ObjectCache`).
+ * - Changes are found by dirty checking loaded objects at commit (see object-state.ts);
+ *   new objects reachable from changed ones are stored with them.
+ * - Commit is two-phase against the storage: vote (conflicts come back as data), then
+ *   finish (atomic, durable). A conflict leaves the transaction's changes in place and
+ *   raises `ConflictError`; `abort()` (or `db.transact`) then discards them.
+ */
+import { readEnvelope, writeEnvelope } from "../codec/record.ts";
+import { decodeState } from "../codec/state.ts";
+import {
+  ConflictError,
+  NotLoadedError,
+  ObjectNotFoundError,
+  StorageError,
+  TransactionError,
+  type ConflictDetail,
+} from "../errors.ts";
+import { BrokenObject, keepOriginal, originalOf } from "../persistent/broken-object.ts";
+import { classByName, persistentInfo } from "../persistent/class-registry.ts";
+import { PersistentMap } from "../persistent/persistent-map.ts";
+import {
+  CHANGED,
+  GHOST,
+  NEW,
+  SAVED,
+  Meta,
+  hasCustomState,
+  isPersistent,
+  learnFields,
+  makeGhost,
+  metaOf,
+  type Jar,
+  type Persistent,
+} from "../persistent/persistent.ts";
+import type { Changes, CommitRequest, Oid, Storage, StorageConflict, StoredRecord, Tid } from "../storage/storage.ts";
+import { ROOT_OID } from "../storage/storage.ts";
+import { ObjectCache } from "./object-cache.ts";
+import { differs, dropState, holdsContainers, putState, snapshotObject, type ObjectSnapshot } from "./object-state.ts";
+
+export interface ConnectionOptions {
+  /** Loaded objects kept in memory before the least recently used are evicted (default 10,000). */
+  cacheSize?: number;
+  /** Bytes of loaded records kept before eviction (default 64 MiB). */
+  cacheBytes?: number;
+  /** Open a read-only view of the database as of this tid. */
+  at?: Tid;
+}
+
+/** Counters since the connection opened (or `resetStats()`). */
+export interface ConnectionStats {
+  roundTrips: number;
+  loads: number;
+  bytesRead: number;
+  bytesWritten: number;
+  cacheHits: number;
+  commits: number;
+  conflictsResolved: number;
+}
+
+/** @internal What a connection needs from its DB. */
+export interface ConnectionHost {
+  readonly storage: Storage;
+  /** A connection was closed: take it back into the pool. */
+  release(conn: Connection): void;
+}
+
+const emptyStats = (): ConnectionStats => ({
+  roundTrips: 0,
+  loads: 0,
+  bytesRead: 0,
+  bytesWritten: 0,
+  cacheHits: 0,
+  commits: 0,
+  conflictsResolved: 0,
+});
+
+export class Connection implements Jar, AsyncDisposable {
+  readonly stats: ConnectionStats = emptyStats();
+  readonly #host: ConnectionHost;
+  readonly #storage: Storage;
+  readonly #cache: ObjectCache;
+  readonly #at: Tid | undefined;
+  #tid: Tid;
+  #open = true;
+  #committing = false;
+  #readCurrent = new Map<Persistent, Meta>();
+
+  /** @internal Use `db.open()`. */
+  constructor(host: ConnectionHost, tid: Tid, options: ConnectionOptions = {}) {
+    this.#host = host;
+    this.#storage = host.storage;
+    const cacheSize = options.cacheSize ?? 10_000;
+    const cacheBytes = options.cacheBytes ?? 64 * 1024 * 1024;
+    if (!Number.isInteger(cacheSize) || cacheSize < 1) {
+      throw new RangeError(`cacheSize must be a positive integer, got ${String(cacheSize)}`);
+    }
+    if (!(cacheBytes > 0)) throw new RangeError(`cacheBytes must be positive, got ${String(cacheBytes)}`);
+    this.#cache = new ObjectCache(cacheSize, cacheBytes);
+    this.#at = options.at;
+    this.#tid = options.at ?? tid;
+  }
+
+  /** The tid of the snapshot this transaction reads. */
+  get snapshotTid(): Tid {
+    return this.#tid;
+  }
+
+  /** Is this a read-only view of the past (`db.open({ at })`)? */
+  get isHistorical(): boolean {
+    return this.#at !== undefined;
+  }
+
+  /** Is the connection open (not closed back into its pool)? */
+  get isOpen(): boolean {
+    return this.#open;
+  }
+
+  /** Objects with their state in memory, and the bytes they hold. */
+  get cacheInfo(): { loaded: number; bytes: number; known: number } {
+    return { loaded: this.#cache.loadedCount, bytes: this.#cache.loadedBytes, known: this.#cache.knownCount };
+  }
+
+  resetStats(): void {
+    Object.assign(this.stats, emptyStats());
+  }
+
+  /** The root object: a PersistentMap every database has. */
+  root<T = any>(): PersistentMap<string, T> {
+    this.#assertOpen("root");
+    return this.#objectFor(ROOT_OID, "amber.PersistentMap") as never;
+  }
+
+  /**
+   * The object with `oid`, loading it if this connection does not hold it yet (its class
+   * is only known from its record). Raises `ObjectNotFoundError` if it does not exist.
+   */
+  get(oid: Oid): Persistent {
+    this.#assertOpen("get");
+    if (!Number.isSafeInteger(oid) || oid < 0) throw new TypeError(`get(): oid must be a non-negative integer, got ${String(oid)}`);
+    const known = this.#cache.get(oid);
+    if (known !== undefined) {
+      this.stats.cacheHits++;
+      return known;
+    }
+    const rec = this.#loadOne(oid, "object");
+    const env = readEnvelope(rec.data, oid);
+    const obj = this.#objectFor(oid, env.className);
+    this.#install(obj, metaOf(obj), rec);
+    return obj;
+  }
+
+  /** Make the commit fail with a conflict if `obj` was changed by another transaction since it was read. */
+  readCurrent(obj: Persistent): void {
+    this.#assertOpen("readCurrent");
+    const m = this.#own(obj, "readCurrent");
+    if (m.state === NEW) return;
+    if (m.state === GHOST) this.activate(obj, m);
+    this.#readCurrent.set(obj, m);
+  }
+
+  /** @internal Decode a record's state without installing it (history). */
+  decodeRecord(rec: StoredRecord): Record<string, unknown> {
+    const env = readEnvelope(rec.data, rec.oid);
+    const refs = env.refOids.map((oid, i) => this.#objectFor(oid, env.refClasses[i] ?? "?"));
+    return decodeState(env.state, (i) => refs[i]!);
+  }
+
+  /** @internal Create the root object of a new database (oid 0) and commit it. */
+  async createRoot(): Promise<void> {
+    const root = new PersistentMap();
+    const m = metaOf(root);
+    m.jar = this;
+    m.oid = ROOT_OID;
+    m.className = "amber.PersistentMap";
+    m.state = CHANGED;
+    this.#cache.add(ROOT_OID, root);
+    this.#cache.touch(root, m);
+    await this.commit();
+  }
+
+  // --- Jar: called by persistent objects ---------------------------------------------
+
+  /** @internal */
+  activate(obj: Persistent, meta: Meta): void {
+    if (!this.#open) {
+      throw new TransactionError(
+        `cannot load ${meta.className}#${meta.oid}: its connection is closed (open a connection and get the object through it)`,
+        "closed",
+      );
+    }
+    const rec = this.#loadOne(meta.oid, meta.className);
+    this.#install(obj, meta, rec);
+  }
+
+  /** @internal */
+  checkWrite(obj: Persistent, meta: Meta): void {
+    if (!this.#open) {
+      throw new TransactionError(`cannot change ${meta.className}#${meta.oid}: its connection is closed`, "closed");
+    }
+    if (this.#committing) {
+      throw new TransactionError(
+        `cannot change ${meta.className}#${meta.oid} while a commit of its connection is in flight; ` +
+          `await the commit first (changes now would belong to no transaction)`,
+        "in-flight",
+      );
+    }
+    if (this.#at !== undefined) {
+      throw new TransactionError(`cannot change ${meta.className}#${meta.oid}: this is a read-only historical view`, "read-only");
+    }
+  }
+
+  /** @internal */
+  isDirty(obj: Persistent, meta: Meta): boolean {
+    return meta.state === CHANGED || (meta.state === SAVED && differs(obj, meta, (m) => m.refs));
+  }
+
+  /** @internal */
+  changed(obj: Persistent, meta: Meta): void {
+    if (meta.state === SAVED) {
+      meta.state = CHANGED;
+      this.#cache.touch(obj, meta);
+    }
+  }
+
+  // --- transactions ---------------------------------------------------------------------
+
+  /**
+   * Commit every change of this transaction (and the new objects they reach) atomically.
+   * Raises `ConflictError` if another transaction changed an object this one changed or
+   * marked `readCurrent`; the changes are then still in place, to be aborted.
+   */
+  async commit(): Promise<void> {
+    this.#assertOpen("commit");
+    if (this.#committing) {
+      throw new TransactionError("commit() called while a commit of this connection is in flight", "in-flight");
+    }
+    this.#committing = true;
+    const adopted: Meta[] = [];
+    try {
+      const work: Array<[Persistent, Meta]> = [];
+      for (const [obj, meta] of this.#cache.loadedEntries()) if (this.isDirty(obj, meta)) work.push([obj, meta]);
+      if (this.#at !== undefined && work.length > 0) {
+        throw new TransactionError("cannot commit changes in a read-only historical view", "read-only");
+      }
+      if (work.length === 0 && this.#readCurrent.size === 0) {
+        this.#committing = false;
+        this.#begin();
+        return;
+      }
+      const snaps = this.#encode(work, adopted);
+      if (adopted.length > 0) await this.#assignOids(adopted);
+      const request = this.#request(work, snaps);
+      this.stats.roundTrips++;
+      const conflicts = await this.#storage.vote(request);
+      if (conflicts.length > 0) throw this.#conflictError(conflicts, work);
+      this.stats.roundTrips++;
+      let tid: Tid;
+      try {
+        tid = await this.#storage.finish(request);
+      } catch (err) {
+        if (err instanceof ConflictError) throw this.#conflictError(err.conflicts.map(toStorageConflict), work);
+        throw err;
+      }
+      this.stats.commits++;
+      const inFlight = this.#committed(work, snaps, request, tid);
+      this.#committing = false;
+      this.#readCurrent.clear();
+      this.#begin(tid);
+      if (inFlight.length > 0) {
+        throw new TransactionError(
+          `the commit succeeded (tid ${tid}), but ${inFlight.join(", ")} changed while it was in flight; ` +
+            `those changes belong to no transaction and were discarded`,
+          "changed-in-flight",
+        );
+      }
+    } catch (err) {
+      for (const m of adopted) {
+        if (m.state === NEW) {
+          m.jar = null;
+          m.oid = -1;
+        }
+      }
+      throw err;
+    } finally {
+      this.#committing = false;
+    }
+  }
+
+  /** Discard this transaction's changes and begin a new transaction on a fresh snapshot. */
+  abort(): void {
+    if (!this.#open) return;
+    if (this.#committing) throw new TransactionError("abort() called while a commit of this connection is in flight", "in-flight");
+    for (const [obj, meta] of this.#cache.loadedObjects()) if (this.isDirty(obj, meta)) this.#ghostify(obj, meta);
+    this.#readCurrent.clear();
+    this.#begin();
+  }
+
+  /** Abort anything pending and return the connection (with its cache) to its DB's pool. */
+  async close(): Promise<void> {
+    if (!this.#open) return;
+    this.abort();
+    this.#open = false;
+    this.#host.release(this);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  /** @internal Reopen a pooled connection: a fresh transaction, nothing pending. */
+  reopen(): void {
+    this.#open = true;
+    this.abort();
+  }
+
+  /** @internal Drop the cache for good (the DB is closing or the pool is full). */
+  discard(): void {
+    this.#open = false;
+    for (const [obj, meta] of this.#cache.loadedObjects()) this.#ghostify(obj, meta);
+    this.#cache.clear();
+  }
+
+  /** Evict every unchanged loaded object back to a ghost. */
+  cacheMinimize(): void {
+    for (const [obj, meta] of this.#cache.loadedObjects()) this.#evict(obj, meta);
+  }
+
+  // --- internals --------------------------------------------------------------------------
+
+  #assertOpen(what: string): void {
+    if (!this.#open) throw new TransactionError(`${what}() on a closed connection; open one with db.open()`, "closed");
+  }
+
+  #own(obj: Persistent, what: string): Meta {
+    if (!isPersistent(obj)) throw new TypeError(`${what}() expects a persistent object`);
+    const m = metaOf(obj);
+    if (m.jar !== null && m.jar !== this) {
+      throw new TransactionError(`${what}(): ${m.className}#${m.oid} belongs to another connection`, "foreign-object");
+    }
+    return m;
+  }
+
+  #loadOne(oid: Oid, className: string): StoredRecord {
+    const load = this.#storage.loadSync;
+    if (load === undefined) {
+      throw new NotLoadedError(
+        oid,
+        className,
+        `${className}#${oid} is not loaded and ${this.#storage.url} cannot load synchronously; ` +
+          `load it first with await conn.prefetch([...])`,
+      );
+    }
+    this.stats.roundTrips++;
+    const rec = load.call(this.#storage, [oid], this.#tid)[0];
+    if (rec === null || rec === undefined) throw new ObjectNotFoundError(oid, ` (a ${className} referenced at snapshot ${this.#tid})`);
+    this.stats.loads++;
+    this.stats.bytesRead += rec.data.length;
+    return rec;
+  }
+
+  /** The object for `oid`: the one this connection holds, or a new ghost of the stored class. */
+  #objectFor(oid: Oid, className: string): Persistent {
+    const known = this.#cache.get(oid);
+    if (known !== undefined) {
+      if (metaOf(known).state !== GHOST) this.stats.cacheHits++;
+      return known;
+    }
+    const info = classByName(className);
+    const meta = new Meta();
+    meta.jar = this;
+    meta.oid = oid;
+    meta.className = className;
+    const obj = makeGhost(info !== undefined && info.kind === "persistent" ? info.cls : BrokenObject, meta);
+    this.#cache.add(oid, obj);
+    return obj;
+  }
+
+  #install(obj: Persistent, meta: Meta, rec: StoredRecord): void {
+    const env = readEnvelope(rec.data, rec.oid);
+    const refs: Persistent[] = env.refOids.map((oid, i) => this.#objectFor(oid, env.refClasses[i] ?? "?"));
+    let state: Record<string, unknown>;
+    try {
+      state = decodeState(env.state, (i) => {
+        const r = refs[i];
+        if (r === undefined) throw new Error(`reference index ${i} outside the refs table of ${refs.length}`);
+        return r;
+      });
+    } catch (err) {
+      throw new StorageError(`record of object ${rec.oid} (${env.className}) cannot be decoded: ${(err as Error).message}`, {
+        oid: rec.oid,
+        cause: err,
+        code: "corrupt",
+      });
+    }
+    let upgraded = false;
+    const info = classByName(env.className);
+    if (obj instanceof BrokenObject) keepOriginal(obj, rec.data);
+    else if (info !== undefined && info.version > env.classVersion) {
+      const upgrade = (info.cls as { upgrade?: unknown }).upgrade;
+      if (typeof upgrade === "function") {
+        state = upgrade.call(info.cls, state, env.classVersion) as Record<string, unknown>;
+        upgraded = true;
+      }
+    }
+    putState(obj, state);
+    meta.serial = rec.serial;
+    meta.state = upgraded ? CHANGED : SAVED;
+    meta.className = env.className;
+    meta.orig = state;
+    meta.origKeys = Object.keys(state).length;
+    meta.bytes = env.state;
+    meta.refs = refs;
+    meta.containers = holdsContainers(state, isPersistent);
+    meta.size = rec.data.length;
+    this.#cache.touch(obj, meta);
+    if (this.#cache.overBudget()) this.#cache.shrink(this.#evict, obj);
+  }
+
+  #evict = (obj: Persistent, meta: Meta): boolean => {
+    if (meta.state !== SAVED) return false;
+    if (differs(obj, meta, (m) => m.refs)) {
+      meta.state = CHANGED;
+      return false;
+    }
+    this.#ghostify(obj, meta);
+    return true;
+  };
+
+  #ghostify(obj: Persistent, meta: Meta): void {
+    this.#cache.unload(obj, meta);
+    dropState(obj);
+    meta.state = GHOST;
+    meta.orig = null;
+    meta.bytes = null;
+    meta.refs = null;
+  }
+
+  /** Encode the changed objects and, transitively, the new objects they reach. */
+  #encode(work: Array<[Persistent, Meta]>, adopted: Meta[]): Array<ObjectSnapshot | null> {
+    const checkRef = (p: Persistent, path: () => string): void => {
+      const m = metaOf(p);
+      if (m.jar === this) return;
+      if (m.jar === null) {
+        persistentInfo(p);
+        m.jar = this;
+        adopted.push(m);
+        work.push([p, m]);
+        return;
+      }
+      throw new TransactionError(
+        `${path()} refers to ${m.className}#${m.oid}, which belongs to another connection; ` +
+          `objects cannot move between connections (get it through this one with conn.get(${m.oid}))`,
+        "foreign-object",
+      );
+    };
+    const snaps: Array<ObjectSnapshot | null> = [];
+    for (let i = 0; i < work.length; i++) {
+      const [obj] = work[i]!;
+      snaps.push(obj instanceof BrokenObject ? null : snapshotObject(obj, checkRef));
+    }
+    return snaps;
+  }
+
+  async #assignOids(adopted: Meta[]): Promise<void> {
+    const s = this.#storage;
+    this.stats.roundTrips++;
+    const oids = s.newOidsSync !== undefined ? s.newOidsSync(adopted.length) : await s.newOids(adopted.length);
+    adopted.forEach((m, i) => {
+      m.oid = oids[i]!;
+    });
+  }
+
+  #request(work: Array<[Persistent, Meta]>, snaps: Array<ObjectSnapshot | null>): CommitRequest {
+    const records = work.map(([obj, meta], i) => {
+      const snap = snaps[i];
+      const data =
+        snap === null || snap === undefined
+          ? originalOf(obj as BrokenObject)!
+          : writeEnvelope({
+              className: snap.info.name,
+              classVersion: snap.info.version,
+              refOids: snap.refs.map((r) => metaOf(r).oid),
+              refPaths: snap.refPaths,
+              refClasses: snap.refs.map((r) => classNameOf(r)),
+              state: snap.state,
+            });
+      return { oid: meta.oid, serial: meta.state === NEW ? 0 : meta.serial, data };
+    });
+    const written = new Set(records.map((r) => r.oid));
+    const readCurrent = [...this.#readCurrent.values()]
+      .filter((m) => !written.has(m.oid))
+      .map((m) => ({ oid: m.oid, serial: m.serial }));
+    return { records, readCurrent };
+  }
+
+  /** Bookkeeping after a successful finish; returns the objects changed while in flight. */
+  #committed(work: Array<[Persistent, Meta]>, snaps: Array<ObjectSnapshot | null>, request: CommitRequest, tid: Tid): string[] {
+    const inFlight: string[] = [];
+    work.forEach(([obj, meta], i) => {
+      const snap = snaps[i];
+      const data = request.records[i]!.data;
+      this.stats.bytesWritten += data.length;
+      const wasNew = meta.state === NEW;
+      meta.serial = tid;
+      meta.state = SAVED;
+      meta.size = data.length;
+      if (snap !== null && snap !== undefined) {
+        meta.className = snap.info.name;
+        meta.orig = snap.values;
+        meta.origKeys = Object.keys(snap.values).length;
+        meta.bytes = snap.state;
+        meta.refs = snap.refs;
+        meta.containers = snap.containers;
+      }
+      if (wasNew) {
+        this.#cache.add(meta.oid, obj);
+        if (!hasCustomState(obj)) learnFields(obj);
+      }
+      this.#cache.touch(obj, meta);
+      // Top-level assignments made while the commit was in flight (nested ones, if any,
+      // show up as changes of the next transaction).
+      if (snap !== null && snap !== undefined && differs(obj, meta, (m) => m.refs, false)) {
+        inFlight.push(`${meta.className}#${meta.oid}`);
+        this.#ghostify(obj, meta);
+      }
+    });
+    return inFlight;
+  }
+
+  #conflictError(conflicts: StorageConflict[], work: Array<[Persistent, Meta]>): ConflictError {
+    const names = new Map<Oid, string>();
+    for (const [, m] of work) names.set(m.oid, m.className);
+    for (const m of this.#readCurrent.values()) names.set(m.oid, m.className);
+    const details: ConflictDetail[] = conflicts.map((c) => ({
+      oid: c.oid,
+      className: names.get(c.oid) ?? "?",
+      readSerial: c.readSerial,
+      committedSerial: c.committedSerial,
+      readOnly: c.readOnly,
+    }));
+    return new ConflictError(details);
+  }
+
+  /** Begin a new transaction: apply invalidations and move to the newest snapshot. */
+  #begin(committedTid?: Tid): void {
+    if (this.#at !== undefined) return;
+    const s = this.#storage;
+    if (s.changesSinceSync === undefined) return;
+    this.stats.roundTrips++;
+    this.#invalidate(s.changesSinceSync(this.#tid), committedTid);
+  }
+
+  #invalidate(changes: Changes, committedTid?: Tid): void {
+    if (changes.oids === null) {
+      for (const [obj, meta] of this.#cache.loadedObjects()) if (meta.serial !== committedTid) this.#ghostify(obj, meta);
+    } else {
+      for (const oid of changes.oids) {
+        const obj = this.#cache.get(oid);
+        if (obj === undefined) continue;
+        const meta = metaOf(obj);
+        if ((meta.state === SAVED || meta.state === CHANGED) && meta.serial !== committedTid) this.#ghostify(obj, meta);
+      }
+    }
+    this.#tid = Math.max(this.#tid, changes.tid);
+  }
+}
+
+function classNameOf(p: Persistent): string {
+  const m = metaOf(p);
+  return m.className !== "" ? m.className : persistentInfo(p).name;
+}
+
+function toStorageConflict(c: ConflictDetail): StorageConflict {
+  return { oid: c.oid, readSerial: c.readSerial, committedSerial: c.committedSerial, committedData: null, readOnly: c.readOnly };
+}

@@ -1,0 +1,182 @@
+/**
+ * DB: a database opened on a storage. It hands out connections (`open()`, pooled and
+ * reused with their caches), runs transactions with retries (`transact`), and offers the
+ * storage's history (`history`, `undo`, `open({ at })`).
+ */
+import { ConflictError, TransactionError } from "../errors.ts";
+import { isPersistent, metaOf, type Persistent } from "../persistent/persistent.ts";
+import { openStorage, type StorageOptions } from "../storage/open-storage.ts";
+import { ROOT_OID, type Storage, type Tid } from "../storage/storage.ts";
+import { Connection, type ConnectionHost, type ConnectionOptions } from "./connection.ts";
+import type { PersistentMap } from "../persistent/persistent-map.ts";
+
+export interface DBOptions extends ConnectionOptions, StorageOptions {
+  /** Closed connections kept, with their caches, for reuse (default 8). */
+  poolSize?: number;
+}
+
+export interface TransactOptions {
+  /** How many times to re-run `fn` after a ConflictError (default 5). */
+  retries?: number;
+  /** First backoff delay in ms, doubled per retry, with jitter (default 2). */
+  backoffMs?: number;
+}
+
+export interface HistoryEntry {
+  tid: Tid;
+  /** The object's stored state in that revision; references are objects of `obj`'s connection. */
+  state: Record<string, unknown>;
+}
+
+export class DB implements ConnectionHost, AsyncDisposable {
+  readonly storage: Storage;
+  readonly #options: DBOptions;
+  readonly #pool: Connection[] = [];
+  readonly #all = new Set<Connection>();
+  #closed = false;
+  #tid: Tid;
+
+  private constructor(storage: Storage, tid: Tid, options: DBOptions) {
+    this.storage = storage;
+    this.#tid = tid;
+    this.#options = options;
+  }
+
+  /**
+   * Open a database: `"memory:"`, a directory path (the embedded storage, created if
+   * missing), a `file:` URL, or a `Storage` object. The root object is created if the
+   * database is new.
+   */
+  static async open(target: string | Storage, options: DBOptions = {}): Promise<DB> {
+    const storage = typeof target === "string" ? await openStorage(target, options) : target;
+    const db = new DB(storage, await storage.lastTid(), options);
+    try {
+      await db.#ensureRoot();
+    } catch (err) {
+      await storage.close();
+      throw err;
+    }
+    return db;
+  }
+
+  /** A connection: one object cache and one transaction at a time. Close it when done. */
+  open(options: ConnectionOptions = {}): Connection {
+    this.#assertOpen();
+    if (options.at !== undefined) {
+      if (!this.storage.capabilities.history) {
+        throw new TransactionError(`${this.storage.url} keeps no history: open({ at }) is not available`, "no-history");
+      }
+      const conn = new Connection(this, this.#tid, { ...this.#options, ...options });
+      this.#all.add(conn);
+      return conn;
+    }
+    const pooled = Object.keys(options).length === 0 ? this.#pool.pop() : undefined;
+    if (pooled !== undefined) {
+      pooled.reopen();
+      return pooled;
+    }
+    const conn = new Connection(this, this.#tid, { ...this.#options, ...options });
+    conn.abort();
+    this.#all.add(conn);
+    return conn;
+  }
+
+  /**
+   * Run `fn` in a transaction on a pooled connection and commit. After a ConflictError the
+   * changes are aborted and `fn` runs again on a fresh snapshot, with jittered exponential
+   * backoff, up to `retries` more times; then the last ConflictError is thrown.
+   * Any other error aborts and is thrown at once.
+   */
+  async transact<T>(
+    fn: (root: PersistentMap<string, any>, conn: Connection) => T | Promise<T>,
+    options: TransactOptions = {},
+  ): Promise<T> {
+    const retries = options.retries ?? 5;
+    const backoff = options.backoffMs ?? 2;
+    if (!Number.isInteger(retries) || retries < 0) throw new RangeError(`retries must be a non-negative integer, got ${retries}`);
+    const conn = this.open();
+    try {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          const result = await fn(conn.root(), conn);
+          await conn.commit();
+          return result;
+        } catch (err) {
+          conn.abort();
+          if (!(err instanceof ConflictError)) throw err;
+          if (attempt > retries) throw new ConflictError(err.conflicts, { cause: err, attempts: attempt });
+          const delay = backoff * 2 ** (attempt - 1) * (0.5 + Math.random());
+          await new Promise((resolve) => setTimeout(resolve, Math.min(delay, 250)));
+        }
+      }
+    } finally {
+      await conn.close();
+    }
+  }
+
+  /** Stored revisions of `obj`, newest first (needs a storage that keeps history). */
+  async history(obj: Persistent, limit = 100): Promise<HistoryEntry[]> {
+    this.#assertOpen();
+    if (!isPersistent(obj) || metaOf(obj).oid < 0) throw new TypeError("history() expects a stored persistent object");
+    const m = metaOf(obj);
+    const conn = m.jar as Connection | null;
+    if (conn === null || !(conn instanceof Connection)) throw new TypeError("history() expects an object of an open connection");
+    const revisions = await this.storage.history(m.oid, limit);
+    return revisions.map((rec) => ({ tid: rec.serial, state: conn.decodeRecord(rec) }));
+  }
+
+  /** Undo transaction `tid` by committing the revisions before it. Returns the new tid. */
+  async undo(tid: Tid): Promise<Tid> {
+    this.#assertOpen();
+    return this.storage.undo(tid);
+  }
+
+  /** The newest committed tid. */
+  async lastTid(): Promise<Tid> {
+    this.#tid = Math.max(this.#tid, await this.storage.lastTid());
+    return this.#tid;
+  }
+
+  /** Close every connection and the storage. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const conn of this.#all) conn.discard();
+    this.#all.clear();
+    this.#pool.length = 0;
+    await this.storage.close();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  /** @internal */
+  release(conn: Connection): void {
+    if (this.#closed) return;
+    const limit = this.#options.poolSize ?? 8;
+    if (conn.isHistorical || this.#pool.length >= limit) {
+      conn.discard();
+      this.#all.delete(conn);
+      return;
+    }
+    this.#pool.push(conn);
+  }
+
+  #assertOpen(): void {
+    if (this.#closed) throw new TransactionError("the database is closed", "closed");
+  }
+
+  async #ensureRoot(): Promise<void> {
+    const [rec] = await this.storage.load([ROOT_OID], await this.storage.lastTid());
+    if (rec !== null && rec !== undefined) return;
+    const conn = this.open();
+    try {
+      await conn.createRoot();
+    } catch (err) {
+      if (!(err instanceof ConflictError)) throw err; // another process created it first
+    } finally {
+      await conn.close();
+    }
+  }
+}

@@ -1,0 +1,119 @@
+/**
+ * A connection's object cache: the identity map (one oid -> one object) and the list of
+ * loaded objects in least-recently-used order.
+ *
+ * Invariants:
+ * - `#byOid` holds every object of the connection that has an oid, weakly: a ghost the
+ *   application no longer references can be collected, and a new object for its oid made
+ *   later is then the only one in existence (identity is never doubled).
+ * - `#loaded` holds every object whose state is in memory (saved or changed), strongly, in
+ *   the order of last use (load, change, commit); its size and `#bytes` are what
+ *   `cacheSize` and `cacheBytes` bound.
+ * - Only unchanged objects are evicted; the connection decides what "unchanged" means
+ *   (it dirty-checks candidates) through the `evict` callback.
+ */
+import type { Meta, Persistent } from "../persistent/persistent.ts";
+import type { Oid } from "../storage/storage.ts";
+
+export class ObjectCache {
+  #byOid = new Map<Oid, WeakRef<Persistent>>();
+  #sweepAt = 1024;
+  #loaded = new Map<Persistent, Meta>();
+  #bytes = 0;
+
+  constructor(
+    public cacheSize: number,
+    public cacheBytes: number,
+  ) {}
+
+  /** The live object for `oid`, if any. */
+  get(oid: Oid): Persistent | undefined {
+    const ref = this.#byOid.get(oid);
+    if (ref === undefined) return undefined;
+    const obj = ref.deref();
+    if (obj === undefined) this.#byOid.delete(oid);
+    return obj;
+  }
+
+  add(oid: Oid, obj: Persistent): void {
+    this.#byOid.set(oid, new WeakRef(obj));
+    if (this.#byOid.size >= this.#sweepAt) this.#sweep();
+  }
+
+  remove(oid: Oid): void {
+    this.#byOid.delete(oid);
+  }
+
+  /** Drop entries of collected objects; amortised by doubling the threshold. */
+  #sweep(): void {
+    for (const [oid, ref] of this.#byOid) if (ref.deref() === undefined) this.#byOid.delete(oid);
+    this.#sweepAt = Math.max(1024, this.#byOid.size * 2);
+  }
+
+  /** Record that `obj` holds its state in memory and was just used. */
+  touch(obj: Persistent, meta: Meta): void {
+    const had = this.#loaded.get(obj);
+    if (had !== undefined) this.#loaded.delete(obj);
+    else this.#bytes += meta.size;
+    this.#loaded.set(obj, meta);
+  }
+
+  /** Forget `obj` as loaded (it became a ghost or was dropped). */
+  unload(obj: Persistent, meta: Meta): void {
+    if (this.#loaded.delete(obj)) this.#bytes -= meta.size;
+  }
+
+  /** Loaded objects, least recently used first (a snapshot: safe to unload while iterating). */
+  loadedObjects(): Array<[Persistent, Meta]> {
+    return [...this.#loaded];
+  }
+
+  /** Loaded objects, least recently used first (live: do not unload while iterating). */
+  loadedEntries(): IterableIterator<[Persistent, Meta]> {
+    return this.#loaded.entries();
+  }
+
+  get loadedCount(): number {
+    return this.#loaded.size;
+  }
+
+  get loadedBytes(): number {
+    return this.#bytes;
+  }
+
+  get knownCount(): number {
+    return this.#byOid.size;
+  }
+
+  overBudget(): boolean {
+    return this.#loaded.size > this.cacheSize || this.#bytes > this.cacheBytes;
+  }
+
+  /**
+   * Evict least-recently-used objects until within budget. `evict(obj, meta)` turns an
+   * unchanged object into a ghost and returns true, or returns false for a changed one
+   * (which is then kept and counted as used). `keep` is never evicted (the object being
+   * loaded right now).
+   */
+  shrink(evict: (obj: Persistent, meta: Meta) => boolean, keep?: Persistent): void {
+    let budget = this.#loaded.size;
+    while (this.overBudget() && budget-- > 0) {
+      const first = this.#loaded.entries().next();
+      if (first.done) return;
+      const [obj, meta] = first.value;
+      if (obj === keep || !evict(obj, meta)) {
+        this.#loaded.delete(obj);
+        this.#loaded.set(obj, meta);
+      } else {
+        this.unload(obj, meta);
+      }
+    }
+  }
+
+  /** Forget everything (the connection closed for good). */
+  clear(): void {
+    this.#byOid.clear();
+    this.#loaded.clear();
+    this.#bytes = 0;
+  }
+}

@@ -1,0 +1,7 @@
+import type { Connection } from "../connection/connection.ts";
+import { jarOf, type Persistent } from "./persistent.ts";
+
+/** The connection holding `obj`, or `undefined` while it is new (not yet committed). */
+export function connectionOf(obj: Persistent): Connection | undefined {
+  return jarOf(obj) as Connection | undefined;
+}

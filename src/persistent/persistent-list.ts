@@ -1,0 +1,122 @@
+/**
+ * PersistentList: an array-like list that is one persistent object. Elements are read with
+ * `at(i)` / `get(i)` and written with `set(i, v)` and the usual mutating methods (`push`,
+ * `pop`, `splice`...), which track the change; non-mutating array methods return plain
+ * arrays. For very long collections prefer a BTree (one bucket rewritten per change).
+ */
+import { registerClass } from "./class-registry.ts";
+import { CLEAR_STATE, GET_STATE, Persistent, SET_STATE, changedSlot, setSlot } from "./persistent.ts";
+
+const DATA: unique symbol = Symbol("amber.list");
+
+export class PersistentList<T = unknown> extends Persistent implements Iterable<T> {
+  declare [DATA]: T[];
+
+  constructor(items?: Iterable<T> | null) {
+    super();
+    setSlot(this, DATA, items ? [...items] : []);
+  }
+
+  get length(): number {
+    return this[DATA].length;
+  }
+  /** The item at `index` (negative counts from the end), like `Array.prototype.at`. */
+  at(index: number): T | undefined {
+    return this[DATA].at(index);
+  }
+  get(index: number): T | undefined {
+    return this[DATA][index];
+  }
+  set(index: number, value: T): void {
+    if (!Number.isInteger(index) || index < 0) throw new RangeError(`PersistentList.set: index must be a non-negative integer, got ${index}`);
+    changedSlot(this);
+    this[DATA][index] = value;
+  }
+  push(...items: T[]): number {
+    changedSlot(this);
+    return this[DATA].push(...items);
+  }
+  pop(): T | undefined {
+    if (this[DATA].length === 0) return undefined;
+    changedSlot(this);
+    return this[DATA].pop();
+  }
+  shift(): T | undefined {
+    if (this[DATA].length === 0) return undefined;
+    changedSlot(this);
+    return this[DATA].shift();
+  }
+  unshift(...items: T[]): number {
+    changedSlot(this);
+    return this[DATA].unshift(...items);
+  }
+  splice(start: number, deleteCount?: number, ...items: T[]): T[] {
+    changedSlot(this);
+    return deleteCount === undefined ? this[DATA].splice(start) : this[DATA].splice(start, deleteCount, ...items);
+  }
+  reverse(): this {
+    changedSlot(this);
+    this[DATA].reverse();
+    return this;
+  }
+  sort(compare?: (a: T, b: T) => number): this {
+    changedSlot(this);
+    this[DATA].sort(compare);
+    return this;
+  }
+  indexOf(item: T, from?: number): number {
+    return this[DATA].indexOf(item, from);
+  }
+  includes(item: T): boolean {
+    return this[DATA].includes(item);
+  }
+  find(fn: (item: T, index: number) => boolean): T | undefined {
+    return this[DATA].find(fn);
+  }
+  findIndex(fn: (item: T, index: number) => boolean): number {
+    return this[DATA].findIndex(fn);
+  }
+  filter(fn: (item: T, index: number) => boolean): T[] {
+    return this[DATA].filter(fn);
+  }
+  map<U>(fn: (item: T, index: number) => U): U[] {
+    return this[DATA].map(fn);
+  }
+  forEach(fn: (item: T, index: number) => void): void {
+    this[DATA].forEach(fn);
+  }
+  some(fn: (item: T, index: number) => boolean): boolean {
+    return this[DATA].some(fn);
+  }
+  every(fn: (item: T, index: number) => boolean): boolean {
+    return this[DATA].every(fn);
+  }
+  slice(start?: number, end?: number): T[] {
+    return this[DATA].slice(start, end);
+  }
+  /** A plain array copy of the items. */
+  toArray(): T[] {
+    return [...this[DATA]];
+  }
+  [Symbol.iterator](): IterableIterator<T> {
+    return this[DATA].values();
+  }
+  toJSON(): T[] {
+    return [...this[DATA]];
+  }
+
+  /** @internal */
+  [GET_STATE](): Record<string, unknown> {
+    return { items: this[DATA] };
+  }
+  /** @internal */
+  [SET_STATE](state: Record<string, unknown>): void {
+    setSlot(this, DATA, Array.isArray(state.items) ? state.items : []);
+  }
+  /** @internal */
+  [CLEAR_STATE](): void {
+    delete (this as Partial<this>)[DATA];
+  }
+}
+
+registerClass(PersistentList, "amber.PersistentList");

@@ -1,0 +1,96 @@
+/**
+ * PersistentMap: a Map that is one persistent object. Keys and values are any storable
+ * values (references to persistent objects included). Changes through its methods are
+ * tracked; in-place changes of a nested value are found at commit like any nested change.
+ * With `{ mergeKeys: true }`, concurrent changes to different keys can merge (conflict
+ * resolution, see SPEC section 5).
+ */
+import { registerClass } from "./class-registry.ts";
+import { CLEAR_STATE, GET_STATE, Persistent, SET_STATE, changedSlot, setSlot } from "./persistent.ts";
+
+const DATA: unique symbol = Symbol("amber.map");
+const MERGE: unique symbol = Symbol("amber.mergeKeys");
+
+export interface PersistentMapOptions {
+  /** Let concurrent transactions that change different keys both commit. */
+  mergeKeys?: boolean;
+}
+
+export class PersistentMap<K = unknown, V = unknown> extends Persistent implements Iterable<[K, V]> {
+  declare [DATA]: Map<K, V>;
+  declare [MERGE]: boolean;
+
+  constructor(entries?: Iterable<readonly [K, V]> | null, options: PersistentMapOptions = {}) {
+    super();
+    setSlot(this, DATA, new Map(entries ?? []));
+    setSlot(this, MERGE, options.mergeKeys === true);
+  }
+
+  /** Whether this map merges concurrent changes to different keys. */
+  get mergeKeys(): boolean {
+    return this[MERGE] === true;
+  }
+  get size(): number {
+    return this[DATA].size;
+  }
+  get(key: K): V | undefined {
+    return this[DATA].get(key);
+  }
+  has(key: K): boolean {
+    return this[DATA].has(key);
+  }
+  set(key: K, value: V): this {
+    const data = this[DATA];
+    if (data.has(key) && Object.is(data.get(key), value)) return this;
+    changedSlot(this);
+    data.set(key, value);
+    return this;
+  }
+  delete(key: K): boolean {
+    const data = this[DATA];
+    if (!data.has(key)) return false;
+    changedSlot(this);
+    return data.delete(key);
+  }
+  clear(): void {
+    const data = this[DATA];
+    if (data.size === 0) return;
+    changedSlot(this);
+    data.clear();
+  }
+  keys(): IterableIterator<K> {
+    return this[DATA].keys();
+  }
+  values(): IterableIterator<V> {
+    return this[DATA].values();
+  }
+  entries(): IterableIterator<[K, V]> {
+    return this[DATA].entries();
+  }
+  forEach(fn: (value: V, key: K, map: this) => void): void {
+    for (const [k, v] of this[DATA]) fn(v, k, this);
+  }
+  [Symbol.iterator](): IterableIterator<[K, V]> {
+    return this[DATA].entries();
+  }
+  toJSON(): Array<[K, V]> {
+    return [...this[DATA]];
+  }
+
+  /** @internal */
+  [GET_STATE](): Record<string, unknown> {
+    return this[MERGE] ? { data: this[DATA], mergeKeys: true } : { data: this[DATA] };
+  }
+  /** @internal */
+  [SET_STATE](state: Record<string, unknown>): void {
+    setSlot(this, DATA, state.data instanceof Map ? state.data : new Map());
+    setSlot(this, MERGE, state.mergeKeys === true);
+  }
+  /** @internal */
+  [CLEAR_STATE](): void {
+    delete (this as Partial<this>)[MERGE];
+    delete (this as Partial<this>)[DATA];
+  }
+}
+
+registerClass(PersistentMap, "amber.PersistentMap");

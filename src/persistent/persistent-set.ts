@@ -1,0 +1,76 @@
+/**
+ * PersistentSet: a Set that is one persistent object. Members are any storable values;
+ * persistent objects are members by identity.
+ */
+import { registerClass } from "./class-registry.ts";
+import { CLEAR_STATE, GET_STATE, Persistent, SET_STATE, changedSlot, setSlot } from "./persistent.ts";
+
+const DATA: unique symbol = Symbol("amber.set");
+
+export class PersistentSet<T = unknown> extends Persistent implements Iterable<T> {
+  declare [DATA]: Set<T>;
+
+  constructor(members?: Iterable<T> | null) {
+    super();
+    setSlot(this, DATA, new Set(members ?? []));
+  }
+
+  get size(): number {
+    return this[DATA].size;
+  }
+  has(member: T): boolean {
+    return this[DATA].has(member);
+  }
+  add(member: T): this {
+    const data = this[DATA];
+    if (data.has(member)) return this;
+    changedSlot(this);
+    data.add(member);
+    return this;
+  }
+  delete(member: T): boolean {
+    const data = this[DATA];
+    if (!data.has(member)) return false;
+    changedSlot(this);
+    return data.delete(member);
+  }
+  clear(): void {
+    const data = this[DATA];
+    if (data.size === 0) return;
+    changedSlot(this);
+    data.clear();
+  }
+  values(): IterableIterator<T> {
+    return this[DATA].values();
+  }
+  keys(): IterableIterator<T> {
+    return this[DATA].values();
+  }
+  entries(): IterableIterator<[T, T]> {
+    return this[DATA].entries();
+  }
+  forEach(fn: (member: T, same: T, set: this) => void): void {
+    for (const m of this[DATA]) fn(m, m, this);
+  }
+  [Symbol.iterator](): IterableIterator<T> {
+    return this[DATA].values();
+  }
+  toJSON(): T[] {
+    return [...this[DATA]];
+  }
+
+  /** @internal */
+  [GET_STATE](): Record<string, unknown> {
+    return { members: this[DATA] };
+  }
+  /** @internal */
+  [SET_STATE](state: Record<string, unknown>): void {
+    setSlot(this, DATA, state.members instanceof Set ? state.members : new Set());
+  }
+  /** @internal */
+  [CLEAR_STATE](): void {
+    delete (this as Partial<this>)[DATA];
+  }
+}
+
+registerClass(PersistentSet, "amber.PersistentSet");

@@ -1,0 +1,25 @@
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { DB, type DBOptions } from "../src/index.ts";
+
+/** The storages every connection-level scenario runs on. */
+export const storages: Array<{ name: string; url: () => string }> = [
+  { name: "memory", url: () => "memory:" },
+  { name: "embedded", url: () => tempDir() },
+];
+
+const dirs: string[] = [];
+export function tempDir(): string {
+  const d = mkdtempSync(join(tmpdir(), "amber-test-"));
+  dirs.push(d);
+  return join(d, "db");
+}
+export function cleanupDirs(): void {
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+}
+
+/** Open a DB; memory databases are shared per URL object so two DBs see one storage. */
+export async function openDB(url: string, options: DBOptions = {}): Promise<DB> {
+  return DB.open(url, { durability: "relaxed", ...options });
+}
