@@ -7,7 +7,7 @@ import { DB, type DBOptions } from "../src/index.ts";
 export const storages: Array<{ name: string; url: () => string }> = [
   { name: "memory", url: () => "memory:" },
   { name: "embedded", url: () => tempDir() },
-];
+].filter((s) => !process.env.AMBER_TEST_STORAGES || process.env.AMBER_TEST_STORAGES.split(",").includes(s.name));
 
 const dirs: string[] = [];
 export function tempDir(): string {
@@ -22,4 +22,9 @@ export function cleanupDirs(): void {
 /** Open a DB; memory databases are shared per URL object so two DBs see one storage. */
 export async function openDB(url: string, options: DBOptions = {}): Promise<DB> {
   return DB.open(url, { durability: "relaxed", ...options });
+}
+
+/** A connection with an empty cache (db.open() may hand back a pooled one with its cache). */
+export function fresh(db: DB, options: { cacheSize?: number } = {}) {
+  return db.open({ cacheSize: 10_000, ...options });
 }

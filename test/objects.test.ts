@@ -20,7 +20,7 @@ import {
   serialOf,
   stateOf,
 } from "../src/index.ts";
-import { cleanupDirs, openDB, storages } from "./helpers.ts";
+import { cleanupDirs, fresh, openDB, storages } from "./helpers.ts";
 import { Address, Assigned, Customer, Order, customers } from "./model.ts";
 
 afterAll(cleanupDirs);
@@ -42,7 +42,7 @@ describe.each(storages)("objects on $name", ({ url }) => {
       alice.prefs.set("theme", "dark");
       customers(root).set("alice", alice);
     });
-    const conn = db.open();
+    const conn = fresh(db);
     const alice = conn.root().get("customers").get("alice") as Customer;
     expect(stateOf(alice)).toBe("ghost");
     expect(alice.name).toBe("Alice");
@@ -103,7 +103,7 @@ describe.each(storages)("objects on $name", ({ url }) => {
       ["Map set", (c) => c.prefs.set("b", true), (c) => expect(c.prefs.get("b")).toBe(true)],
     ];
     for (const [what, change, check] of cases) {
-      const conn = db.open();
+      const conn = fresh(db);
       const c = conn.root().get("customers").get("c") as Customer;
       expect(stateOf(c), what).toBe("ghost");
       void c.name;
@@ -115,9 +115,9 @@ describe.each(storages)("objects on $name", ({ url }) => {
       expect(serialOf(c), what).toBeGreaterThan(before);
       expect(stateOf(c), what).toBe("saved");
       await conn.close();
-      const fresh = db.open({ cacheSize: 50 });
-      check(fresh.root().get("customers").get("c") as Customer);
-      await fresh.close();
+      const other = fresh(db, { cacheSize: 50 });
+      check(other.root().get("customers").get("c") as Customer);
+      await other.close();
     }
     await db.close();
   });
@@ -261,12 +261,13 @@ describe.each(storages)("objects on $name", ({ url }) => {
     const o = conn.root().get("o") as Order;
     o.total = 2;
     const pending = conn.commit();
-    await expect(conn.commit()).rejects.toThrow(/in flight/);
+    const second = conn.commit();
     expect(() => ((o as any).extra = 1)).toThrow(/in flight/);
     expect(() => markChanged(o)).toThrow(/in flight/);
     o.total = 3; // an existing field: caught when the commit returns
+    await expect(second).rejects.toThrow(/in flight/);
     await expect(pending).rejects.toThrow(/changed while it was in flight/);
-    const check = db.open();
+    const check = fresh(db);
     expect((check.root().get("o") as Order).total).toBe(2);
     expect(o.total).toBe(2);
     await db.close();
@@ -277,7 +278,7 @@ describe.each(storages)("objects on $name", ({ url }) => {
     await db.transact((root) => {
       for (let i = 0; i < 10; i++) root.set(`o${i}`, new Order(i));
     });
-    const conn = db.open();
+    const conn = fresh(db);
     conn.resetStats();
     const root = conn.root();
     let sum = 0;
@@ -312,8 +313,8 @@ describe.each(storages)("objects on $name", ({ url }) => {
   it("a ConflictError names the class, oid and serials", async () => {
     const { db } = await setup();
     await db.transact((root) => root.set("o", new Order(1)));
-    const a = db.open();
-    const b = db.open();
+    const a = fresh(db);
+    const b = fresh(db);
     const oa = a.root().get("o") as Order;
     const ob = b.root().get("o") as Order;
     oa.total = 2;

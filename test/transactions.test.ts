@@ -20,7 +20,7 @@ import {
 } from "../src/index.ts";
 import { readEnvelope, writeEnvelope } from "../src/codec/record.ts";
 import { encodeState } from "../src/codec/state.ts";
-import { cleanupDirs, openDB, storages } from "./helpers.ts";
+import { cleanupDirs, fresh, openDB, storages } from "./helpers.ts";
 import { Order, Tally } from "./model.ts";
 
 afterAll(cleanupDirs);

@@ -8,6 +8,7 @@ const sample = {
   refOids: [5, 9],
   refPaths: ["orders", "friend"],
   refClasses: ["amber.PersistentList", "shop.Customer"],
+  shared: true,
   state: new Uint8Array([0x81, 0xa1, 0x61, 0x01]),
 };
 

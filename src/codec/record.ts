@@ -10,7 +10,8 @@
  *   6       4     header length H
  *   10      H     header: a plain MessagePack array
  *                   [className: string, classVersion: number,
- *                    refOids: number[], refPaths: string[], refClasses: string[]]
+ *                    refOids: number[], refPaths: string[], refClasses: string[],
+ *                    flags: number]      (bit 0: state written in structured-clone mode)
  *   10+H    ...   state: MessagePack with amberdb's extensions (see codec/state.ts)
  *
  * The header is plain MessagePack (no extensions) so that a storage, a server or a tool can
@@ -38,13 +39,18 @@ export interface Envelope {
   refOids: Oid[];
   refPaths: string[];
   refClasses: string[];
+  /** The state holds shared or cyclic containers (decode in structured-clone mode). */
+  shared: boolean;
   /** The state bytes (a view into the envelope). */
   state: Uint8Array;
 }
 
+/** What `writeEnvelope` takes: an envelope; `shared` defaults to false. */
+export type EnvelopeInput = Omit<Envelope, "shared"> & { shared?: boolean };
+
 /** Build the envelope bytes. Inverse of `readEnvelope`. */
-export function writeEnvelope(e: Envelope): Uint8Array {
-  const header = headerPackr.pack([e.className, e.classVersion, e.refOids, e.refPaths, e.refClasses]);
+export function writeEnvelope(e: EnvelopeInput): Uint8Array {
+  const header = headerPackr.pack([e.className, e.classVersion, e.refOids, e.refPaths, e.refClasses, e.shared ? 1 : 0]);
   const out = Buffer.allocUnsafe(FIXED + header.length + e.state.length);
   out[0] = MAGIC;
   out[1] = FORMAT;
@@ -81,14 +87,15 @@ export function readEnvelope(data: Uint8Array, oid?: Oid): Envelope {
   } catch (err) {
     fail(`unreadable header (${(err as Error).message})`);
   }
-  if (!Array.isArray(header) || header.length < 5 || typeof header[0] !== "string") fail("malformed header");
-  const h = header as [string, number, Oid[], string[], string[]];
+  if (!Array.isArray(header) || header.length < 6 || typeof header[0] !== "string") fail("malformed header");
+  const h = header as [string, number, Oid[], string[], string[], number];
   return {
     className: h[0],
     classVersion: h[1],
     refOids: h[2],
     refPaths: h[3],
     refClasses: h[4],
+    shared: (h[5] & 1) === 1,
     state: data.subarray(FIXED + hlen),
   };
 }

@@ -21,7 +21,7 @@ registerClass(Node, "test.codec.Node");
 
 function roundTrip(state: Record<string, unknown>): Record<string, unknown> {
   const enc = encodeState("T", state, () => {});
-  return decodeState(enc.state, (i) => enc.refs[i]!);
+  return decodeState(enc.state, (i) => enc.refs[i]!, enc.shared);
 }
 
 describe("state codec", () => {
@@ -81,6 +81,8 @@ describe("state codec", () => {
     const shared = { x: 1 };
     const cyc: Record<string, unknown> = { name: "c" };
     cyc.self = cyc;
+    expect(encodeState("T", { a: { x: 1 }, b: [1] }, () => {}).shared).toBe(false);
+    expect(encodeState("T", { a: shared, b: shared }, () => {}).shared).toBe(true);
     const back = roundTrip({ a: shared, b: [shared], m: new Map([["s", shared]]), cyc }) as any;
     expect(back.a).toBe(back.b[0]);
     expect(back.m.get("s")).toBe(back.a);
@@ -102,7 +104,7 @@ describe("state codec", () => {
     const enc = encodeState("T", { first: a, many: [b, a], byKey: new Map([["k", b]]) }, () => {});
     expect(enc.refs).toEqual([a, b, a, b]);
     expect(enc.refPaths).toEqual(["first", "many", "many", "byKey"]);
-    const back = decodeState(enc.state, (i) => enc.refs[i]!) as any;
+    const back = decodeState(enc.state, (i) => enc.refs[i]!, enc.shared) as any;
     expect(back.first).toBe(a);
     expect(back.many[0]).toBe(b);
     expect(back.many[1]).toBe(a);
@@ -137,9 +139,13 @@ describe("state codec", () => {
     // Simulate a process that does not know the class: decode with a renamed registration.
     const renamed = Buffer.from(original).toString("latin1").replace("test.codec.TempThatWillBeUnknown", "test.codec.TempThatWillBeUnknowX");
     const bytes = Buffer.from(renamed, "latin1");
-    const back = decodeState(bytes, () => {
-      throw new Error("no refs");
-    }) as { v: BrokenValue };
+    const back = decodeState(
+      bytes,
+      () => {
+        throw new Error("no refs");
+      },
+      false,
+    ) as { v: BrokenValue };
     expect(back.v).toBeInstanceOf(BrokenValue);
     expect(back.v.className).toBe("test.codec.TempThatWillBeUnknowX");
     expect(back.v.fields).toEqual({ a: 1, b: [1, 2] });

@@ -39,6 +39,8 @@ const NEG_ZERO = new NegativeZero();
 
 export interface EncodedState {
   state: Uint8Array;
+  /** The bytes need the structured-clone reader (shared or cyclic containers). */
+  shared: boolean;
   /** Referenced persistent objects; `refPaths[i]` is the property holding `refs[i]`. */
   refs: Persistent[];
   refPaths: string[];
@@ -53,6 +55,7 @@ interface EncodeContext {
   pathsOf: Map<Persistent, string[]>;
   containers: boolean;
   negZero: boolean;
+  shared: boolean;
   seen: Set<object>;
   valueArrays: Map<object, unknown[]>;
   owner: string;
@@ -63,7 +66,10 @@ interface EncodeContext {
 let encoding: EncodeContext | null = null;
 let decodingRefs: ((index: number) => Persistent) | null = null;
 
-const packr = new Packr({ structuredClone: true, mapsAsObjects: false, moreTypes: true });
+// Structured clone (identity tracking) costs about a quarter more on both sides, so it is
+// used only for states whose walk found a container reached twice (shared or cyclic).
+const cloningPackr = new Packr({ structuredClone: true, mapsAsObjects: false, moreTypes: true });
+const plainPackr = new Packr({ structuredClone: false, mapsAsObjects: false, moreTypes: true });
 
 addExtension({
   Class: NegativeZero,
@@ -148,6 +154,7 @@ export function encodeState(
     pathsOf: new Map(),
     containers: false,
     negZero: false,
+    shared: false,
     seen: new Set(),
     valueArrays: new Map(),
     owner,
@@ -162,19 +169,27 @@ export function encodeState(
   const value = ctx.negZero ? replaceNegZero(state, new Map()) : state;
   encoding = ctx;
   try {
-    return { state: packr.pack(value), refs: ctx.refs, refPaths: ctx.refPaths, containers: ctx.containers };
+    const packr = ctx.shared ? cloningPackr : plainPackr;
+    return { state: packr.pack(value), shared: ctx.shared, refs: ctx.refs, refPaths: ctx.refPaths, containers: ctx.containers };
   } finally {
     encoding = null;
   }
 }
 
-/** Decode state bytes; `resolveRef(i)` returns the object for entry `i` of the refs table. */
-export function decodeState(bytes: Uint8Array, resolveRef: (index: number) => Persistent): Record<string, unknown> {
+/**
+ * Decode state bytes; `resolveRef(i)` returns the object for entry `i` of the refs table.
+ * `shared` says the bytes were written in structured-clone mode (the envelope records it).
+ */
+export function decodeState(
+  bytes: Uint8Array,
+  resolveRef: (index: number) => Persistent,
+  shared = true,
+): Record<string, unknown> {
   ensureExtensions();
   const previous = decodingRefs;
   decodingRefs = resolveRef;
   try {
-    const value: unknown = packr.unpack(bytes);
+    const value: unknown = (shared ? cloningPackr : plainPackr).unpack(bytes);
     if (typeof value !== "object" || value === null || Array.isArray(value)) {
       throw new TypeError(`state is not an object (found ${Array.isArray(value) ? "array" : typeof value})`);
     }
@@ -219,7 +234,10 @@ function walk(ctx: EncodeContext, v: unknown, top: string): void {
     addRef(ctx, obj, top);
     return;
   }
-  if (ctx.seen.has(obj)) return;
+  if (ctx.seen.has(obj)) {
+    ctx.shared = true;
+    return;
+  }
   ctx.seen.add(obj);
   ctx.containers = true;
   if (Array.isArray(obj)) {

@@ -169,7 +169,7 @@ export class Connection implements Jar, AsyncDisposable {
   decodeRecord(rec: StoredRecord): Record<string, unknown> {
     const env = readEnvelope(rec.data, rec.oid);
     const refs = env.refOids.map((oid, i) => this.#objectFor(oid, env.refClasses[i] ?? "?"));
-    return decodeState(env.state, (i) => refs[i]!);
+    return decodeState(env.state, (i) => refs[i]!, env.shared);
   }
 
   /** @internal Create the root object of a new database (oid 0) and commit it. */
@@ -387,11 +387,15 @@ export class Connection implements Jar, AsyncDisposable {
     const refs: Persistent[] = env.refOids.map((oid, i) => this.#objectFor(oid, env.refClasses[i] ?? "?"));
     let state: Record<string, unknown>;
     try {
-      state = decodeState(env.state, (i) => {
-        const r = refs[i];
-        if (r === undefined) throw new Error(`reference index ${i} outside the refs table of ${refs.length}`);
-        return r;
-      });
+      state = decodeState(
+        env.state,
+        (i) => {
+          const r = refs[i];
+          if (r === undefined) throw new Error(`reference index ${i} outside the refs table of ${refs.length}`);
+          return r;
+        },
+        env.shared,
+      );
     } catch (err) {
       throw new StorageError(`record of object ${rec.oid} (${env.className}) cannot be decoded: ${(err as Error).message}`, {
         oid: rec.oid,
@@ -489,6 +493,7 @@ export class Connection implements Jar, AsyncDisposable {
               refOids: snap.refs.map((r) => metaOf(r).oid),
               refPaths: snap.refPaths,
               refClasses: snap.refs.map((r) => classNameOf(r)),
+              shared: snap.shared,
               state: snap.state,
             });
       return { oid: meta.oid, serial: meta.state === NEW ? 0 : meta.serial, data };
@@ -548,8 +553,9 @@ export class Connection implements Jar, AsyncDisposable {
     return new ConflictError(details);
   }
 
-  /** Begin a new transaction: apply invalidations and move to the newest snapshot. */
+  /** Begin a new transaction: apply invalidations, move to the newest snapshot, trim the cache. */
   #begin(committedTid?: Tid): void {
+    if (this.#cache.overBudget()) this.#cache.shrink(this.#evict);
     if (this.#at !== undefined) return;
     const s = this.#storage;
     if (s.changesSinceSync === undefined) return;

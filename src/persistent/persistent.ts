@@ -397,6 +397,13 @@ export interface CustomState {
   [CLEAR_STATE](): void;
 }
 
+// Defined (as undefined) on Persistent.prototype so that looking them up on any persistent
+// object stops there and never reaches the Proxy at the end of the chain (which would load
+// a ghost). Collections override them on their own prototypes.
+for (const key of [GET_STATE, SET_STATE, CLEAR_STATE]) {
+  Object.defineProperty(Persistent.prototype, key, { value: undefined, writable: true, configurable: true });
+}
+
 /** @internal Does the object's class keep its state in a slot (collections)? */
 export function hasCustomState(obj: object): obj is CustomState {
   return typeof (obj as Partial<CustomState>)[GET_STATE] === "function";
