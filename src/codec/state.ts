@@ -11,8 +11,14 @@
  *                                     header holds its oid, class and property path)
  *   2     [className, fields]         an instance of a registered value class
  *   3     nil                         negative zero (MessagePack integers cannot hold it)
- *   4     [className, fields]         (same bytes as 2) a value of an unknown class,
- *                                     kept as `BrokenValue` and written back unchanged
+ *   5     [k1, v1, k2, v2, ...]       a Map (in plain mode, see below)
+ *
+ * Two writers: states whose walk found a container reached twice (shared or cyclic) are
+ * written in msgpackr's structured-clone mode, which needs its "records" encoding of
+ * objects; every other state is written as plain MessagePack maps, which decode about
+ * three times faster, with Maps boxed as extension 5 so they are not confused with plain
+ * objects. The envelope header records which writer was used.
+ * A value of an unknown class is kept as `BrokenValue` and written back unchanged (as 2).
  *
  * Before packing, `encodeState` walks the state once: it validates every value (a function,
  * symbol, WeakMap or unregistered class instance raises a TypeError naming the property
@@ -37,6 +43,11 @@ export class BrokenValue {
 class NegativeZero {}
 const NEG_ZERO = new NegativeZero();
 
+/** A Map on its way into plain mode (extension 5). */
+class MapBox {
+  constructor(readonly map: Map<unknown, unknown>) {}
+}
+
 export interface EncodedState {
   state: Uint8Array;
   /** The bytes need the structured-clone reader (shared or cyclic containers). */
@@ -55,6 +66,7 @@ interface EncodeContext {
   pathsOf: Map<Persistent, string[]>;
   containers: boolean;
   negZero: boolean;
+  maps: boolean;
   shared: boolean;
   seen: Set<object>;
   valueArrays: Map<object, unknown[]>;
@@ -63,19 +75,37 @@ interface EncodeContext {
   checkRef: (p: Persistent, path: () => string) => void;
 }
 
-let encoding: EncodeContext | null = null;
-let decodingRefs: ((index: number) => Persistent) | null = null;
+/** The context of the walk in progress (encodeState is not re-entrant). */
+let walking: EncodeContext | null = null;
+/** The path of the value being walked, for messages (one function, not a closure per call). */
+const currentPath = (): string => (walking === null ? "" : pathString(walking));
 
-// Structured clone (identity tracking) costs about a quarter more on both sides, so it is
-// used only for states whose walk found a container reached twice (shared or cyclic).
+let encoding: EncodeContext | null = null;
+let decodingRefs: readonly Persistent[] | null = null;
+
 const cloningPackr = new Packr({ structuredClone: true, mapsAsObjects: false, moreTypes: true });
-const plainPackr = new Packr({ structuredClone: false, mapsAsObjects: false, moreTypes: true });
+const plainPackr = new Packr({ useRecords: false, mapsAsObjects: true, moreTypes: true });
 
 addExtension({
   Class: NegativeZero,
   type: 3,
   write: () => null,
   read: () => -0,
+});
+
+addExtension({
+  Class: MapBox,
+  type: 5,
+  write(box: MapBox) {
+    const flat: unknown[] = [];
+    for (const [k, v] of box.map) flat.push(k, v);
+    return flat;
+  },
+  read(flat: unknown[]) {
+    const map = new Map<unknown, unknown>();
+    for (let i = 0; i < flat.length; i += 2) map.set(flat[i], flat[i + 1]);
+    return map;
+  },
 });
 
 let persistentExtensionAdded = false;
@@ -94,8 +124,11 @@ function ensureExtensions(): void {
       return index;
     },
     read(index: number) {
-      if (decodingRefs === null) throw new Error("internal: persistent reference outside a record");
-      return decodingRefs(index);
+      const ref = decodingRefs?.[index];
+      if (ref === undefined) {
+        throw new Error(`reference index ${index} outside the refs table of ${decodingRefs?.length ?? 0}`);
+      }
+      return ref;
     },
   });
   addExtension({
@@ -147,26 +180,52 @@ export function encodeState(
   checkRef: (p: Persistent, path: () => string) => void,
 ): EncodedState {
   ensureExtensions();
+  // The collections are reused across calls (cleared in `finally`): encodeState is not
+  // re-entrant, and allocating them per record was a measurable share of commit time.
   const ctx: EncodeContext = {
     refs: [],
     refPaths: [],
-    firstIndex: new Map(),
-    pathsOf: new Map(),
+    firstIndex: reusable.firstIndex,
+    pathsOf: reusable.pathsOf,
     containers: false,
     negZero: false,
+    maps: false,
     shared: false,
-    seen: new Set(),
-    valueArrays: new Map(),
+    seen: reusable.seen,
+    valueArrays: reusable.valueArrays,
     owner,
-    stack: [],
+    stack: reusable.stack,
     checkRef,
   };
-  for (const key of Object.keys(state)) {
-    ctx.stack.push(key);
-    walk(ctx, state[key], key);
-    ctx.stack.pop();
+  walking = ctx;
+  try {
+    for (const key of Object.keys(state)) {
+      ctx.stack.push(key);
+      walk(ctx, state[key], key);
+      ctx.stack.pop();
+    }
+    return pack(ctx, state);
+  } finally {
+    walking = null;
+    reusable.firstIndex.clear();
+    reusable.pathsOf.clear();
+    reusable.seen.clear();
+    reusable.valueArrays.clear();
+    reusable.stack.length = 0;
   }
-  const value = ctx.negZero ? replaceNegZero(state, new Map()) : state;
+}
+
+const reusable = {
+  firstIndex: new Map<Persistent, number>(),
+  pathsOf: new Map<Persistent, string[]>(),
+  seen: new Set<object>(),
+  valueArrays: new Map<object, unknown[]>(),
+  stack: [] as Array<string | number>,
+};
+
+function pack(ctx: EncodeContext, state: Record<string, unknown>): EncodedState {
+  const boxMaps = !ctx.shared && ctx.maps;
+  const value = ctx.negZero || boxMaps ? replaceSpecial(state, new Map(), boxMaps) : state;
   encoding = ctx;
   try {
     const packr = ctx.shared ? cloningPackr : plainPackr;
@@ -177,17 +236,13 @@ export function encodeState(
 }
 
 /**
- * Decode state bytes; `resolveRef(i)` returns the object for entry `i` of the refs table.
+ * Decode state bytes; `refs[i]` is the object for entry `i` of the record's refs table.
  * `shared` says the bytes were written in structured-clone mode (the envelope records it).
  */
-export function decodeState(
-  bytes: Uint8Array,
-  resolveRef: (index: number) => Persistent,
-  shared = true,
-): Record<string, unknown> {
+export function decodeState(bytes: Uint8Array, refs: readonly Persistent[], shared = true): Record<string, unknown> {
   ensureExtensions();
   const previous = decodingRefs;
-  decodingRefs = resolveRef;
+  decodingRefs = refs;
   try {
     const value: unknown = (shared ? cloningPackr : plainPackr).unpack(bytes);
     if (typeof value !== "object" || value === null || Array.isArray(value)) {
@@ -254,6 +309,7 @@ function walk(ctx: EncodeContext, v: unknown, top: string): void {
     return;
   }
   if (obj instanceof Map) {
+    ctx.maps = true;
     for (const [k, val] of obj) {
       ctx.stack.push(`\u0000[Map key ${typeof k === "string" ? JSON.stringify(k) : String(k)}]`);
       walk(ctx, k, top);
@@ -309,7 +365,7 @@ function walkFields(ctx: EncodeContext, obj: Record<string, unknown>, top: strin
 function addRef(ctx: EncodeContext, obj: Persistent, path: string): void {
   let paths = ctx.pathsOf.get(obj);
   if (paths === undefined) {
-    ctx.checkRef(obj, () => pathString(ctx));
+    ctx.checkRef(obj, currentPath);
     paths = [];
     ctx.pathsOf.set(obj, paths);
     ctx.firstIndex.set(obj, ctx.refs.length);
@@ -320,8 +376,11 @@ function addRef(ctx: EncodeContext, obj: Persistent, path: string): void {
   ctx.refPaths.push(path);
 }
 
-/** A copy of `v` with every -0 replaced by the marker (rare: only when the walk saw one). */
-function replaceNegZero(v: unknown, copies: Map<object, unknown>): any {
+/**
+ * A copy of `v` with every -0 replaced by its marker and, when `boxMaps`, every Map by a
+ * MapBox (only made when the walk saw one of them; the application's values are untouched).
+ */
+function replaceSpecial(v: unknown, copies: Map<object, unknown>, boxMaps: boolean): any {
   if (typeof v === "number") return v === 0 && 1 / v < 0 ? NEG_ZERO : v;
   if (typeof v !== "object" || v === null || isPersistent(v)) return v;
   const done = copies.get(v);
@@ -329,24 +388,25 @@ function replaceNegZero(v: unknown, copies: Map<object, unknown>): any {
   if (Array.isArray(v)) {
     const out: unknown[] = [];
     copies.set(v, out);
-    for (const item of v) out.push(replaceNegZero(item, copies));
+    for (const item of v) out.push(replaceSpecial(item, copies, boxMaps));
     return out;
   }
   if (v instanceof Map) {
     const out = new Map();
-    copies.set(v, out);
-    for (const [k, val] of v) out.set(replaceNegZero(k, copies), replaceNegZero(val, copies));
-    return out;
+    const result = boxMaps ? new MapBox(out) : out;
+    copies.set(v, result);
+    for (const [k, val] of v) out.set(replaceSpecial(k, copies, boxMaps), replaceSpecial(val, copies, boxMaps));
+    return result;
   }
   if (v instanceof Set) {
     const out = new Set();
     copies.set(v, out);
-    for (const member of v) out.add(replaceNegZero(member, copies));
+    for (const member of v) out.add(replaceSpecial(member, copies, boxMaps));
     return out;
   }
   if (v instanceof Date || v instanceof RegExp || ArrayBuffer.isView(v) || v instanceof BrokenValue) return v;
   const out = Object.create(Object.getPrototypeOf(v) as object) as Record<string, unknown>;
   copies.set(v, out);
-  for (const key of Object.keys(v)) out[key] = replaceNegZero((v as Record<string, unknown>)[key], copies);
+  for (const key of Object.keys(v)) out[key] = replaceSpecial((v as Record<string, unknown>)[key], copies, boxMaps);
   return out;
 }

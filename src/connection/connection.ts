@@ -12,7 +12,7 @@
  *   finish (atomic, durable). A conflict leaves the transaction's changes in place and
  *   raises `ConflictError`; `abort()` (or `db.transact`) then discards them.
  */
-import { readEnvelope, writeEnvelope } from "../codec/record.ts";
+import { readEnvelope, writeEnvelope, type Envelope } from "../codec/record.ts";
 import { decodeState } from "../codec/state.ts";
 import {
   ConflictError,
@@ -168,8 +168,7 @@ export class Connection implements Jar, AsyncDisposable {
   /** @internal Decode a record's state without installing it (history). */
   decodeRecord(rec: StoredRecord): Record<string, unknown> {
     const env = readEnvelope(rec.data, rec.oid);
-    const refs = env.refOids.map((oid, i) => this.#objectFor(oid, env.refClasses[i] ?? "?"));
-    return decodeState(env.state, (i) => refs[i]!, env.shared);
+    return decodeState(env.state, this.#refsOf(env), env.shared);
   }
 
   /** @internal Create the root object of a new database (oid 0) and commit it. */
@@ -218,7 +217,7 @@ export class Connection implements Jar, AsyncDisposable {
 
   /** @internal */
   isDirty(obj: Persistent, meta: Meta): boolean {
-    return meta.state === CHANGED || (meta.state === SAVED && differs(obj, meta, (m) => m.refs));
+    return meta.state === CHANGED || (meta.state === SAVED && differs(obj, meta));
   }
 
   /** @internal */
@@ -384,18 +383,10 @@ export class Connection implements Jar, AsyncDisposable {
 
   #install(obj: Persistent, meta: Meta, rec: StoredRecord): void {
     const env = readEnvelope(rec.data, rec.oid);
-    const refs: Persistent[] = env.refOids.map((oid, i) => this.#objectFor(oid, env.refClasses[i] ?? "?"));
+    const refs = this.#refsOf(env);
     let state: Record<string, unknown>;
     try {
-      state = decodeState(
-        env.state,
-        (i) => {
-          const r = refs[i];
-          if (r === undefined) throw new Error(`reference index ${i} outside the refs table of ${refs.length}`);
-          return r;
-        },
-        env.shared,
-      );
+      state = decodeState(env.state, refs, env.shared);
     } catch (err) {
       throw new StorageError(`record of object ${rec.oid} (${env.className}) cannot be decoded: ${(err as Error).message}`, {
         oid: rec.oid,
@@ -427,9 +418,16 @@ export class Connection implements Jar, AsyncDisposable {
     if (this.#cache.overBudget()) this.#cache.shrink(this.#evict, obj);
   }
 
+  #refsOf(env: Envelope): Persistent[] {
+    const n = env.refOids.length;
+    const refs: Persistent[] = new Array(n);
+    for (let i = 0; i < n; i++) refs[i] = this.#objectFor(env.refOids[i]!, env.refClasses[i]!);
+    return refs;
+  }
+
   #evict = (obj: Persistent, meta: Meta): boolean => {
     if (meta.state !== SAVED) return false;
-    if (differs(obj, meta, (m) => m.refs)) {
+    if (differs(obj, meta)) {
       meta.state = CHANGED;
       return false;
     }
@@ -531,7 +529,7 @@ export class Connection implements Jar, AsyncDisposable {
       this.#cache.touch(obj, meta);
       // Top-level assignments made while the commit was in flight (nested ones, if any,
       // show up as changes of the next transaction).
-      if (snap !== null && snap !== undefined && differs(obj, meta, (m) => m.refs, false)) {
+      if (snap !== null && snap !== undefined && differs(obj, meta, false)) {
         inFlight.push(`${meta.className}#${meta.oid}`);
         this.#ghostify(obj, meta);
       }

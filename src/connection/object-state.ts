@@ -35,8 +35,10 @@ export function snapshotObject(
 ): ObjectSnapshot {
   const info = persistentInfo(obj);
   const values = stateValues(obj);
-  const enc = encodeState(info.cls.name || info.name, values, checkRef);
-  return { ...enc, info, values };
+  const snap = encodeState(info.cls.name || info.name, values, checkRef) as ObjectSnapshot;
+  snap.info = info;
+  snap.values = values;
+  return snap;
 }
 
 /** Put a decoded state into a ghost (or an object being reloaded). */
@@ -66,12 +68,7 @@ export function holdsContainers(state: Record<string, unknown>, isRef: (v: objec
  * when the state holds nested containers, the state is encoded again and compared with the
  * stored bytes and references.
  */
-export function differs(
-  obj: Persistent,
-  meta: Meta,
-  refsOf: (meta: Meta) => Persistent[] | null,
-  deep = true,
-): boolean {
+export function differs(obj: Persistent, meta: Meta, deep = true): boolean {
   if (!hasCustomState(obj)) {
     const orig = meta.orig;
     if (orig === null) return true;
@@ -83,14 +80,16 @@ export function differs(
     }
   }
   if (!meta.containers || !deep) return false;
-  const snap = snapshotObject(obj, () => {});
+  const snap = snapshotObject(obj, acceptAnyRef);
   const bytes = meta.bytes;
   if (bytes === null || !sameBytes(snap.state, bytes)) return true;
-  const refs = refsOf(meta);
+  const refs = meta.refs;
   if (refs === null || refs.length !== snap.refs.length) return true;
   for (let i = 0; i < refs.length; i++) if (refs[i] !== snap.refs[i]) return true;
   return false;
 }
+
+function acceptAnyRef(): void {}
 
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && Buffer.compare(a, b) === 0;

@@ -1,0 +1,496 @@
+/**
+ * BTree: a sorted map for large collections, kept as a B+ tree of persistent pieces so that
+ * a change rewrites only the pieces it touches (usually one bucket).
+ *
+ * Stored states (the property names are part of the stored format; keep them):
+ *
+ *   class name          state
+ *   ------------------  ---------------------------------------------------------------
+ *   amber.BTree         { root: BTreeNode | BTreeBucket, bucketSize: number, nodeSize: number }
+ *   amber.BTreeBucket   { keys: K[], values: V[], next: BTreeBucket | null }   (btree-bucket.ts)
+ *   amber.BTreeNode     { keys: K[], children: Array<BTreeNode | BTreeBucket> } (btree-bucket.ts)
+ *
+ * Invariants (`check()` verifies every one):
+ *
+ *   1. In each bucket, keys are strictly ascending (key-compare.ts gives the order) and
+ *      `values.length === keys.length`; a bucket holds at most `bucketSize` keys.
+ *   2. In each node, `keys.length === children.length - 1`, separators are strictly
+ *      ascending, and there are at most `nodeSize` children and at least one.
+ *   3. Separators bound their children: every key under `children[i]` is >= `keys[i - 1]`
+ *      and < `keys[i]` (and within the node's own bounds). A separator is the smallest key
+ *      of the right-hand child when a split creates it; a later delete of that key does not
+ *      update it (that would rewrite a node for no gain, and would make the bounds depend
+ *      on more objects than the bucket changed), so separator i is <= the smallest key of
+ *      child i + 1.
+ *   4. All buckets are at the same depth.
+ *   5. No bucket is empty, except a root bucket (the empty tree); a root node has at least
+ *      two children (a root node left with one child is replaced by that child).
+ *   6. The leaf chain (`next`, starting at the leftmost bucket) visits exactly the buckets of
+ *      the tree, in key order, and the last bucket's `next` is null.
+ *
+ * What each change writes (only objects that really change are marked changed):
+ *
+ *   - set into a bucket with room, set of an existing key, delete leaving the bucket
+ *     non-empty: the bucket alone. The tree object keeps no size counter for this reason.
+ *   - a bucket split: the bucket, the new bucket, the parent node (and so on up while nodes
+ *     split; a root split also writes the tree object).
+ *   - deleting the last key of a bucket: the bucket (written empty), the previous bucket
+ *     (its `next`), the parent node, and the tree object if the root collapses. A piece
+ *     that is unlinked from the tree is always written (emptied): a concurrent transaction
+ *     that changes it then conflicts, instead of committing into a piece nobody reaches.
+ *   - clear(): the root bucket, or the tree object when the root is a node (the old pieces
+ *     are left as garbage: a concurrent change to them is equivalent to one that committed
+ *     just before the clear).
+ *
+ * Costs: get/has/set/delete are O(log n) piece loads; `size` walks the leaf chain, so it is
+ * O(buckets) and loads every bucket; iteration loads buckets one at a time as it goes.
+ * Iterators tolerate changes to the tree between steps: each step continues after the last
+ * key it returned (re-seeking from the root when the bucket it was reading changed).
+ *
+ * Modules: btree.ts (the tree object, changes, iteration), btree-bucket.ts (the piece
+ * classes and navigation among them), btree-check.ts (`check()`), key-compare.ts (keys).
+ */
+import { registerClass } from "../persistent/class-registry.ts";
+import { CLEAR_STATE, GET_STATE, Persistent, SET_STATE, changedSlot, setSlot } from "../persistent/persistent.ts";
+import {
+  BTreeBucket,
+  BTreeNode,
+  BUCKET,
+  NODE,
+  descend,
+  findBucket,
+  firstBucket,
+  isBucket,
+  lastBucket,
+  previousBucket,
+  search,
+  seekAfter,
+  seekBefore,
+  type BTreePiece,
+  type BucketData,
+  type NodeData,
+  type Path,
+} from "./btree-bucket.ts";
+import { checkTree } from "./btree-check.ts";
+import { checkKey, compareKeys, ownKey, type BTreeKey } from "./key-compare.ts";
+
+export type { BTreeKey };
+
+export interface BTreeOptions {
+  /** Most keys in one bucket (an integer >= 4; default 64). */
+  bucketSize?: number;
+  /** Most children of one interior node (an integer >= 4; default 64). */
+  nodeSize?: number;
+}
+
+/** Bounds and direction of `BTree.range`: at most one lower and one upper bound. */
+export interface BTreeRangeOptions<K> {
+  gte?: K;
+  gt?: K;
+  lte?: K;
+  lt?: K;
+  /** Descending order (default ascending). */
+  reverse?: boolean;
+  /** Return at most this many entries (a non-negative integer; default all). */
+  limit?: number;
+}
+
+const TREE: unique symbol = Symbol("amber.btree");
+
+interface TreeData<K, V> {
+  root: BTreePiece<K, V>;
+  bucketSize: number;
+  nodeSize: number;
+}
+
+const DEFAULT_SIZE = 64;
+const MIN_SIZE = 4;
+
+export class BTree<K extends BTreeKey = BTreeKey, V = unknown> extends Persistent implements Iterable<[K, V]> {
+  declare [TREE]: TreeData<K, V>;
+
+  constructor(options: BTreeOptions = {}) {
+    super();
+    const bucketSize = sizeOption(options?.bucketSize, "bucketSize");
+    const nodeSize = sizeOption(options?.nodeSize, "nodeSize");
+    setSlot(this, TREE, { root: new BTreeBucket<K, V>(), bucketSize, nodeSize });
+  }
+
+  /** Most keys in one bucket. */
+  get bucketSize(): number {
+    return this[TREE].bucketSize;
+  }
+  /** Most children of one interior node. */
+  get nodeSize(): number {
+    return this[TREE].nodeSize;
+  }
+
+  /** The number of entries. O(buckets): walks the leaf chain (loading every bucket). */
+  get size(): number {
+    let n = 0;
+    for (let b: BTreeBucket<K, V> | null = firstBucket(this[TREE].root); b !== null; b = b[BUCKET].next) {
+      n += b[BUCKET].keys.length;
+    }
+    return n;
+  }
+
+  get(key: K): V | undefined {
+    checkKey(key);
+    const d = findBucket(this[TREE].root, key)[BUCKET];
+    const i = search(d.keys, key);
+    return i >= 0 ? d.values[i] : undefined;
+  }
+
+  has(key: K): boolean {
+    checkKey(key);
+    return search(findBucket(this[TREE].root, key)[BUCKET].keys, key) >= 0;
+  }
+
+  set(key: K, value: V): this {
+    checkKey(key);
+    insert(this, key, value);
+    return this;
+  }
+
+  delete(key: K): boolean {
+    checkKey(key);
+    return remove(this, key);
+  }
+
+  /** Remove every entry. */
+  clear(): void {
+    const root = this[TREE].root;
+    if (!isBucket(root)) {
+      writeTree(this).root = new BTreeBucket<K, V>();
+    } else if (root[BUCKET].keys.length > 0) {
+      const d = writeBucket(root);
+      d.keys.length = 0;
+      d.values.length = 0;
+    }
+  }
+
+  /** The smallest key, or undefined when the tree is empty. */
+  minKey(): K | undefined {
+    return firstBucket(this[TREE].root)[BUCKET].keys[0];
+  }
+
+  /** The largest key, or undefined when the tree is empty. */
+  maxKey(): K | undefined {
+    const keys = lastBucket(this[TREE].root)[BUCKET].keys;
+    return keys[keys.length - 1];
+  }
+
+  /**
+   * The entries within the bounds, ascending (or descending with `reverse`), at most
+   * `limit` of them. Bounds are checked now; buckets load as the iteration reaches them.
+   */
+  range(options: BTreeRangeOptions<K> = {}): IterableIterator<[K, V]> {
+    const { lo, hi, reverse, limit } = rangeBounds(options);
+    return scan(this, lo, hi, reverse, limit, entry);
+  }
+
+  keys(): IterableIterator<K> {
+    return scan(this, undefined, undefined, false, Infinity, keyOf);
+  }
+  values(): IterableIterator<V> {
+    return scan(this, undefined, undefined, false, Infinity, valueOf);
+  }
+  entries(): IterableIterator<[K, V]> {
+    return scan(this, undefined, undefined, false, Infinity, entry);
+  }
+  [Symbol.iterator](): IterableIterator<[K, V]> {
+    return this.entries();
+  }
+  forEach(fn: (value: V, key: K, tree: this) => void): void {
+    for (const [k, v] of this.entries()) fn(v, k, this);
+  }
+  toJSON(): Array<[K, V]> {
+    return [...this.entries()];
+  }
+
+  /**
+   * Verify every invariant listed at the top of btree.ts (loading the whole tree); throws an
+   * Error describing the first violation found.
+   */
+  check(): void {
+    const t = this[TREE];
+    for (const name of ["bucketSize", "nodeSize"] as const) {
+      if (!validSize(t[name])) throw new Error(`BTree.check: ${name} ${String(t[name])} is not an integer >= ${MIN_SIZE}`);
+    }
+    checkTree(t.root, t.bucketSize, t.nodeSize);
+  }
+
+  /** @internal */
+  [GET_STATE](): Record<string, unknown> {
+    const t = this[TREE];
+    return { root: t.root, bucketSize: t.bucketSize, nodeSize: t.nodeSize };
+  }
+  /** @internal */
+  [SET_STATE](state: Record<string, unknown>): void {
+    const root = state.root;
+    const data: TreeData<K, V> = {
+      root: root instanceof BTreeBucket || root instanceof BTreeNode ? (root as BTreePiece<K, V>) : new BTreeBucket<K, V>(),
+      bucketSize: validSize(state.bucketSize) ? state.bucketSize : DEFAULT_SIZE,
+      nodeSize: validSize(state.nodeSize) ? state.nodeSize : DEFAULT_SIZE,
+    };
+    setSlot(this, TREE, data);
+  }
+  /** @internal */
+  [CLEAR_STATE](): void {
+    delete (this as Partial<this>)[TREE];
+  }
+}
+
+registerClass(BTree, "amber.BTree");
+
+// ---------------------------------------------------------------------------------------
+// Options and range bounds.
+
+function validSize(n: unknown): n is number {
+  return typeof n === "number" && Number.isInteger(n) && n >= MIN_SIZE;
+}
+
+function sizeOption(n: unknown, name: string): number {
+  if (n === undefined) return DEFAULT_SIZE;
+  if (!validSize(n)) {
+    const got = typeof n === "number" ? String(n) : `${typeof n} ${JSON.stringify(n) ?? String(n)}`;
+    throw new RangeError(`BTree ${name} must be an integer >= ${MIN_SIZE}, got ${got}`);
+  }
+  return n;
+}
+
+interface Bound {
+  key: unknown;
+  inclusive: boolean;
+}
+
+function rangeBounds<K>(options: BTreeRangeOptions<K>): { lo?: Bound; hi?: Bound; reverse: boolean; limit: number } {
+  const { gte, gt, lte, lt, reverse = false, limit = Infinity } = options ?? {};
+  if (gte !== undefined && gt !== undefined) throw new TypeError("BTree.range: give gte or gt, not both");
+  if (lte !== undefined && lt !== undefined) throw new TypeError("BTree.range: give lte or lt, not both");
+  if (typeof limit !== "number" || !(limit >= 0) || (limit !== Infinity && !Number.isInteger(limit))) {
+    throw new RangeError(`BTree.range: limit must be a non-negative integer, got ${String(limit)}`);
+  }
+  const bound = (key: K | undefined, inclusive: boolean, name: string): Bound | undefined => {
+    if (key === undefined) return undefined;
+    checkKey(key, `range bound ${name}`);
+    return { key, inclusive };
+  };
+  return {
+    lo: gte !== undefined ? bound(gte, true, "gte") : bound(gt, false, "gt"),
+    hi: lte !== undefined ? bound(lte, true, "lte") : bound(lt, false, "lt"),
+    reverse: reverse === true,
+    limit,
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+// ---------------------------------------------------------------------------------------
+// Changing.
+
+/*
+ * Changing a piece: read its slot (loading a ghost), mark it changed, then change that
+ * state, with no other piece loaded in between. Loading a piece can evict unchanged
+ * objects (including the tree object and pieces read earlier) back to ghosts, so a state
+ * read before other loads may no longer be the object's; changed objects are never
+ * evicted, so the state returned by the helpers below stays the object's until commit.
+ */
+
+function writeTree<K extends BTreeKey, V>(tree: BTree<K, V>): TreeData<K, V> {
+  const t = tree[TREE];
+  changedSlot(tree);
+  return t;
+}
+
+function writeBucket<K, V>(bucket: BTreeBucket<K, V>): BucketData<K, V> {
+  const d = bucket[BUCKET];
+  changedSlot(bucket);
+  return d;
+}
+
+function writeNode<K, V>(node: BTreeNode<K, V>): NodeData<K, V> {
+  const d = node[NODE];
+  changedSlot(node);
+  return d;
+}
+
+function insert<K extends BTreeKey, V>(tree: BTree<K, V>, key: K, value: V): void {
+  const { root, bucketSize } = tree[TREE];
+  const path = descend(root, key);
+  const bucket = path.bucket;
+  const found = bucket[BUCKET];
+  const i = search(found.keys, key);
+  if (i >= 0) {
+    if (!Object.is(found.values[i], value)) writeBucket(bucket).values[i] = value;
+    return;
+  }
+  const d = writeBucket(bucket);
+  const at = -i - 1;
+  d.keys.splice(at, 0, ownKey(key));
+  d.values.splice(at, 0, value);
+  if (d.keys.length <= bucketSize) return;
+  // Split the bucket in half; the new right half follows it in the leaf chain.
+  const mid = d.keys.length >>> 1;
+  const right = new BTreeBucket<K, V>(d.keys.splice(mid), d.values.splice(mid), d.next);
+  d.next = right;
+  addChild(tree, path, right[BUCKET].keys[0]!, right);
+}
+
+/**
+ * Insert `right` (with separator `sep`) just after the child that `path` passed through
+ * at the deepest level, splitting nodes that grow past `nodeSize` and, at the top, growing
+ * a new root.
+ */
+function addChild<K extends BTreeKey, V>(tree: BTree<K, V>, path: Path<K, V>, sep: K, right: BTreePiece<K, V>): void {
+  const { nodeSize } = tree[TREE];
+  let left: BTreePiece<K, V> = path.bucket;
+  for (let level = path.nodes.length - 1; level >= 0; level--) {
+    const node = path.nodes[level]!;
+    const d = writeNode(node);
+    const i = path.indexes[level]!;
+    d.keys.splice(i, 0, sep);
+    d.children.splice(i + 1, 0, right);
+    if (d.children.length <= nodeSize) return;
+    // children c0..c(n-1), separators k0..k(n-2): the left keeps c0..c(mid-1) and
+    // k0..k(mid-2), k(mid-1) moves up, the right takes c(mid).. and k(mid)..
+    const mid = d.children.length >>> 1;
+    const children = d.children.splice(mid);
+    const keys = d.keys.splice(mid);
+    sep = d.keys.pop()!;
+    left = node;
+    right = new BTreeNode<K, V>(keys, children);
+  }
+  writeTree(tree).root = new BTreeNode<K, V>([sep], [left, right]);
+}
+
+function remove<K extends BTreeKey, V>(tree: BTree<K, V>, key: K): boolean {
+  const path = descend(tree[TREE].root, key);
+  const bucket = path.bucket;
+  const i = search(bucket[BUCKET].keys, key);
+  if (i < 0) return false;
+  const d = writeBucket(bucket);
+  if (d.keys.length > 1 || path.nodes.length === 0) {
+    d.keys.splice(i, 1);
+    d.values.splice(i, 1);
+    return true;
+  }
+  // The bucket's last key: unlink the bucket from the leaf chain and from its parent, and
+  // write it empty (see "What each change writes").
+  const prev = previousBucket(path);
+  if (prev !== null) writeBucket(prev).next = d.next;
+  d.keys.length = 0;
+  d.values.length = 0;
+  d.next = null;
+  for (let level = path.nodes.length - 1; level >= 0; level--) {
+    const nd = writeNode(path.nodes[level]!);
+    const ci = path.indexes[level]!;
+    nd.children.splice(ci, 1);
+    nd.keys.splice(ci === 0 ? 0 : ci - 1, 1);
+    // A node left without children (it had one) is unlinked from its own parent in turn.
+    if (nd.children.length > 0) break;
+  }
+  collapseRoot(tree);
+  return true;
+}
+
+/** Replace a root node that has a single child by that child (repeatedly). */
+function collapseRoot<K extends BTreeKey, V>(tree: BTree<K, V>): void {
+  const old = tree[TREE].root;
+  let root: BTreePiece<K, V> = old;
+  while (!isBucket(root) && root[NODE].children.length <= 1) {
+    // The node leaves the tree: write it empty.
+    const d = writeNode(root);
+    const only = d.children[0];
+    d.children.length = 0;
+    d.keys.length = 0;
+    root = only ?? new BTreeBucket<K, V>();
+  }
+  if (root !== old) writeTree(tree).root = root;
+}
+
+// ---------------------------------------------------------------------------------------
+// Iterating.
+
+function entry<K, V>(k: K, v: V): [K, V] {
+  return [k, v];
+}
+function keyOf<K, V>(k: K, _v: V): K {
+  return k;
+}
+function valueOf<K, V>(_k: K, v: V): V {
+  return v;
+}
+
+function scan<K extends BTreeKey, V, T>(
+  tree: BTree<K, V>,
+  lo: Bound | undefined,
+  hi: Bound | undefined,
+  reverse: boolean,
+  limit: number,
+  pick: (k: K, v: V) => T,
+): IterableIterator<T> {
+  return reverse ? backward(tree, lo, hi, limit, pick) : forward(tree, lo, hi, limit, pick);
+}
+
+function* forward<K extends BTreeKey, V, T>(
+  tree: BTree<K, V>,
+  lo: Bound | undefined,
+  hi: Bound | undefined,
+  limit: number,
+  pick: (k: K, v: V) => T,
+): Generator<T, void, undefined> {
+  if (limit <= 0) return;
+  let [bucket, i]: [BTreeBucket<K, V> | null, number] =
+    lo === undefined ? [firstBucket(tree[TREE].root), 0] : seekAfter(tree[TREE].root, lo.key, lo.inclusive);
+  let n = 0;
+  while (bucket !== null) {
+    const d: BucketData<K, V> = bucket[BUCKET];
+    if (i >= d.keys.length) {
+      bucket = d.next;
+      i = 0;
+      continue;
+    }
+    const k = d.keys[i]!;
+    if (hi !== undefined) {
+      const c = compareKeys(k, hi.key);
+      if (c > 0 || (c === 0 && !hi.inclusive)) return;
+    }
+    yield pick(k, d.values[i] as V);
+    if (++n >= limit) return;
+    // The tree may have changed while suspended: go on after `k`.
+    if (bucket[BUCKET].keys[i] === k) i++;
+    else [bucket, i] = seekAfter(tree[TREE].root, k, false);
+  }
+}
+
+function* backward<K extends BTreeKey, V, T>(
+  tree: BTree<K, V>,
+  lo: Bound | undefined,
+  hi: Bound | undefined,
+  limit: number,
+  pick: (k: K, v: V) => T,
+): Generator<T, void, undefined> {
+  if (limit <= 0) return;
+  let bucket: BTreeBucket<K, V> | null;
+  let i: number;
+  if (hi === undefined) {
+    bucket = lastBucket(tree[TREE].root);
+    i = bucket[BUCKET].keys.length - 1;
+  } else {
+    [bucket, i] = seekBefore(tree[TREE].root, hi.key, hi.inclusive);
+  }
+  let n = 0;
+  while (bucket !== null && i >= 0) {
+    const d: BucketData<K, V> = bucket[BUCKET];
+    const k = d.keys[i]!;
+    if (lo !== undefined) {
+      const c = compareKeys(k, lo.key);
+      if (c < 0 || (c === 0 && !lo.inclusive)) return;
+    }
+    yield pick(k, d.values[i] as V);
+    if (++n >= limit) return;
+    // Step back within the bucket if it is unchanged; otherwise (or at its start) seek.
+    if (i > 0 && bucket[BUCKET].keys[i] === k) i--;
+    else [bucket, i] = seekBefore(tree[TREE].root, k, false);
+  }
+}
