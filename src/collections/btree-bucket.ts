@@ -21,7 +21,7 @@
  * made without running the constructor.
  */
 import { registerClass } from "../persistent/class-registry.ts";
-import { CLEAR_STATE, GET_STATE, Persistent, SET_STATE, setSlot } from "../persistent/persistent.ts";
+import { CLEAR_STATE, GET_STATE, Persistent, SELF_TRACKING, SET_STATE, setSlot } from "../persistent/persistent.ts";
 import { compareKeys } from "./key-compare.ts";
 
 /** @internal The slot holding a bucket's state. */
@@ -113,6 +113,9 @@ registerClass(BTreeNode, "amber.BTreeNode");
 const IS_BUCKET: unique symbol = Symbol("amber.btree.isBucket");
 Object.defineProperty(BTreeBucket.prototype, IS_BUCKET, { value: true });
 Object.defineProperty(BTreeNode.prototype, IS_BUCKET, { value: false });
+// Every change of a bucket or node goes through changedSlot: no need to re-encode them at commit.
+Object.defineProperty(BTreeBucket.prototype, SELF_TRACKING, { value: true });
+Object.defineProperty(BTreeNode.prototype, SELF_TRACKING, { value: true });
 
 /** @internal Is this piece a bucket (else a node)? */
 export function isBucket<K, V>(p: BTreePiece<K, V>): p is BTreeBucket<K, V> {

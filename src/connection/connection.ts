@@ -33,6 +33,7 @@ import {
   Meta,
   hasCustomState,
   isPersistent,
+  isSelfTracking,
   learnFields,
   makeGhost,
   metaOf,
@@ -412,7 +413,7 @@ export class Connection implements Jar, AsyncDisposable {
     meta.origKeys = Object.keys(state).length;
     meta.bytes = env.state;
     meta.refs = refs;
-    meta.containers = holdsContainers(state, isPersistent);
+    meta.containers = !isSelfTracking(obj) && holdsContainers(state, isPersistent);
     meta.size = rec.data.length;
     this.#cache.touch(obj, meta);
     if (this.#cache.overBudget()) this.#cache.shrink(this.#evict, obj);
@@ -520,7 +521,7 @@ export class Connection implements Jar, AsyncDisposable {
         meta.origKeys = Object.keys(snap.values).length;
         meta.bytes = snap.state;
         meta.refs = snap.refs;
-        meta.containers = snap.containers;
+        meta.containers = snap.containers && !isSelfTracking(obj);
       }
       if (wasNew) {
         this.#cache.add(meta.oid, obj);

@@ -96,7 +96,11 @@ export class ObjectCache {
    * loaded right now).
    */
   shrink(evict: (obj: Persistent, meta: Meta) => boolean, keep?: Persistent): void {
-    let budget = this.#loaded.size;
+    // Look at a bounded number of entries: when most loaded objects are changed (a large
+    // transaction on a small cache), scanning them all on every load would be quadratic.
+    // The cache then stays over budget until the transaction ends.
+    const excess = Math.max(this.#loaded.size - this.cacheSize, 1);
+    let budget = Math.min(this.#loaded.size, 2 * excess + 32);
     while (this.overBudget() && budget-- > 0) {
       const first = this.#loaded.entries().next();
       if (first.done) return;

@@ -404,6 +404,21 @@ for (const key of [GET_STATE, SET_STATE, CLEAR_STATE]) {
   Object.defineProperty(Persistent.prototype, key, { value: undefined, writable: true, configurable: true });
 }
 
+/**
+ * @internal A class whose every change goes through methods that call `changedSlot` (BTree
+ * buckets and nodes) sets this to true on its prototype: its loaded objects are then not
+ * re-encoded at commit to look for in-place changes of nested values, which for large
+ * collections would dominate commit time. Values stored in such a collection are compared
+ * by identity: a plain value changed in place must be set again.
+ */
+export const SELF_TRACKING: unique symbol = Symbol("amber.selfTracking");
+Object.defineProperty(Persistent.prototype, SELF_TRACKING, { value: false, writable: true, configurable: true });
+
+/** @internal */
+export function isSelfTracking(obj: object): boolean {
+  return (obj as { [SELF_TRACKING]?: boolean })[SELF_TRACKING] === true;
+}
+
 /** @internal Does the object's class keep its state in a slot (collections)? */
 export function hasCustomState(obj: object): obj is CustomState {
   return typeof (obj as Partial<CustomState>)[GET_STATE] === "function";

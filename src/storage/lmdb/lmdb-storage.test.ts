@@ -148,7 +148,9 @@ describe("several LmdbStorage instances on one store in one process", () => {
 
 describe("another process on the same store", () => {
   const fixture = join(import.meta.dirname, "../../../test/fixtures/lmdb-commit.ts");
-  const args = (path: string, oid: Oid, serial: Tid, label: string) => ["--import", "tsx", fixture, path, String(oid), String(serial), label];
+  const args = (path: string, oid: Oid, serial: Tid, label: string) =>
+    ["--import", "tsx", fixture, path, "commit", String(oid), String(serial), label];
+  const run = promisify(execFile);
   const parse = (stdout: string) => JSON.parse(stdout) as { tid: Tid; oids: Oid[] };
 
   it("a commit by another process is seen at once (same event-loop turn) and conflicts with this one", async () => {
@@ -176,7 +178,6 @@ describe("another process on the same store", () => {
     const path = tempPath();
     const s = await LmdbStorage.open(path);
     const t1 = await create(s, 1, "start");
-    const run = promisify(execFile);
     const children = await Promise.allSettled(
       ["p", "q", "r"].map((label) => run(process.execPath, args(path, 1, t1, label)).then((r) => parse(r.stdout))),
     );
@@ -189,6 +190,32 @@ describe("another process on the same store", () => {
     expect((await s.history(1)).map((r) => r.serial)).toEqual([t2, t1]);
     await s.close();
   }, 60_000);
+
+  it("loses no update when three processes and this one increment one object concurrently", async () => {
+    const path = tempPath();
+    const s = await LmdbStorage.open(path);
+    await create(s, 1, "0");
+    const increments = 40;
+    const children = [0, 1, 2].map(() =>
+      run(process.execPath, ["--import", "tsx", fixture, path, "increment", "1", String(increments)]),
+    );
+    for (let i = 0; i < increments; ) {
+      const [record] = s.loadSync([1], await s.lastTid());
+      const n = Number(labelOf(record));
+      try {
+        await create(s, 1, String(n + 1), record!.serial);
+        i++;
+      } catch (err) {
+        if (!(err instanceof ConflictError)) throw err;
+      }
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    await Promise.all(children);
+    const last = await s.lastTid();
+    expect(labelOf((await s.load([1], last))[0])).toBe(String(4 * increments));
+    expect(await s.history(1)).toHaveLength(4 * increments + 1);
+    await s.close();
+  }, 120_000);
 });
 
 describe("damaged data", () => {
