@@ -38,7 +38,11 @@ export function labelOf(record: StoredRecord | null | undefined): string | null 
   return new TextDecoder().decode(readEnvelope(record.data, record.oid).state);
 }
 
-function request(records: Array<[Oid, Tid, string]>, readCurrent: Array<[Oid, Tid]> = [], meta?: Record<string, string>): CommitRequest {
+function request(
+  records: Array<[Oid, Tid, string]>,
+  readCurrent: Array<[Oid, Tid]> = [],
+  meta?: Record<string, string>,
+): CommitRequest {
   return {
     records: records.map(([oid, serial, label]) => ({ oid, serial, data: fakeRecord(label) })),
     readCurrent: readCurrent.map(([oid, serial]) => ({ oid, serial })),
@@ -259,6 +263,18 @@ export function storageContract(name: string, open: () => Promise<Storage>, opti
       const first = (await s.load([x!], tid))[0]!;
       first.data.fill(0);
       expect(labelOf((await s.load([x!], tid))[0])).toBe("kept");
+    });
+
+    it("stores and loads large records byte for byte", async () => {
+      const s = await fresh();
+      const [big, small] = await s.newOids(2);
+      const label = Array.from({ length: 4 << 20 }, (_, i) => String.fromCharCode(97 + (i % 26))).join("");
+      const t1 = await s.finish(request([[big!, 0, label], [small!, 0, "s"]]));
+      const t2 = await s.finish(request([[big!, t1, `${label}!`]]));
+      const loaded = await s.load([big!, small!, big!], t2);
+      expect(loaded.map((r) => labelOf(r)?.length)).toEqual([label.length + 1, 1, label.length + 1]);
+      expect(labelOf(loaded[0])).toBe(`${label}!`);
+      expect(labelOf((await s.load([big!], t1))[0])).toBe(label);
     });
 
     it("rejects malformed arguments with TypeError or RangeError", async () => {

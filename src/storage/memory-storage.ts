@@ -154,7 +154,8 @@ export class MemoryStorage implements Storage {
       const revisions = this.#revisions.get(oid)!;
       const current = revisions[revisions.length - 1]!;
       if (current.serial !== tid) {
-        conflicts.push({ oid, readSerial: tid, committedSerial: current.serial, committedData: copy(current.data), readOnly: false });
+        const committedData = copy(current.data);
+        conflicts.push({ oid, readSerial: tid, committedSerial: current.serial, committedData, readOnly: false });
       }
       // An object this transaction created has no earlier revision: it is left as it is, and
       // becomes unreachable garbage once the references to it are undone too.
@@ -193,7 +194,8 @@ export class MemoryStorage implements Storage {
       const current = revisions?.[revisions.length - 1];
       const committedSerial = current?.serial ?? 0;
       if (committedSerial !== readSerial) {
-        conflicts.push({ oid, readSerial, committedSerial, committedData: current === undefined ? null : copy(current.data), readOnly });
+        const committedData = current === undefined ? null : copy(current.data);
+        conflicts.push({ oid, readSerial, committedSerial, committedData, readOnly });
       }
     };
     for (const r of request.records) check(r.oid, r.serial, false);

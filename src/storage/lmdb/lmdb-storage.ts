@@ -17,11 +17,14 @@
  * tid newer than any this instance has seen, since every read transaction started after
  * seeing tid T includes T.
  *
- * Durability: "durable" (default) commits with lmdb-js's default flags, which sync the data
- * and meta pages before `transactionSync` returns. "relaxed" adds NO_SYNC_FLUSH: the commit
- * may return before it is flushed; with overlapping sync the meta page of an unflushed
- * commit is marked, and after a system crash LMDB opens the newest flushed one, so at most
- * the last commits are lost, never part of one. A process crash loses nothing either way.
+ * Durability: "durable" (default) commits with lmdb-js's default flags: the data pages are
+ * written and fdatasync'ed, then the meta page is written through an O_DSYNC descriptor,
+ * all before `transactionSync` returns (seen with strace). "relaxed" adds NO_SYNC_FLUSH:
+ * LMDB may return before the flush, and marks the meta page of an unflushed commit so that
+ * after a system crash it opens the newest flushed one; at most the last commits are lost,
+ * never part of one. (lmdb-js 3.5 on Linux still flushes before returning, but after it
+ * has released the write lock, so other processes' commits do not queue behind the
+ * fsync.) A process crash loses nothing in either mode: the pages are in the OS cache.
  */
 import { ABORT, open, TransactionFlags, type Database, type RootDatabase } from "lmdb";
 import { StorageError } from "../../errors.ts";
@@ -42,7 +45,10 @@ import * as L from "./layout.ts";
 import { preparePath } from "./store-path.ts";
 
 export interface LmdbStorageOptions {
-  /** "durable" (default): a returned commit is on disk. "relaxed": see the module comment. */
+  /**
+   * "durable" (default): a returned commit is on disk. "relaxed": a system crash may lose
+   * the last commits, never part of one (see the module comment).
+   */
   durability?: "durable" | "relaxed";
   /** Create the directory and the store when missing (default true). */
   create?: boolean;
@@ -64,10 +70,12 @@ interface Databases {
   txns: Database<Buffer, Tid>;
 }
 
-/** One object to write in a commit, with the current revision it replaces (if any). */
+/** One object to write in a commit. */
 interface Write {
   oid: Oid;
   data: Uint8Array;
+  /** The serial of the current revision this one replaces, checked already; 0 for a new object. */
+  serial: Tid;
 }
 
 export class LmdbStorage implements Storage {
@@ -278,7 +286,7 @@ export class LmdbStorage implements Storage {
         // An object this transaction created has no earlier revision: it is left as it is,
         // and becomes unreachable garbage once the references to it are undone too.
         const previous = this.#historyAtOrBefore(oid, tid - 1);
-        if (previous !== null) restores.push({ oid, data: previous.data });
+        if (previous !== null) restores.push({ oid, data: previous.data, serial: tid });
       }
       return conflicts.length > 0 ? conflicts : this.#write(restores, { undo: String(tid) });
     });
@@ -384,9 +392,10 @@ export class LmdbStorage implements Storage {
     // clock steps back or two commits fall in one microsecond.
     const tid = Math.max(this.#readLastTid() + 1, Date.now() * 1000);
     let maxOid = -1;
-    for (const { oid, data } of writes) {
-      const replaced = current.getBinaryFast(oid);
-      if (replaced !== undefined) history.putSync([oid, L.revisionSerial(replaced, oid)], L.copyRevision(replaced));
+    for (const { oid, data, serial } of writes) {
+      // The conflict check proved that the current revision has `serial`: a new object
+      // (serial 0) costs one put, a changed one moves its old bytes to "history" first.
+      if (serial !== 0) history.putSync([oid, serial], L.copyRevision(current.getBinaryFast(oid)!));
       current.putSync(oid, L.encodeRevision(tid, data));
       if (oid > maxOid) maxOid = oid;
     }

@@ -56,9 +56,8 @@ export function preparePath(path: string, create: boolean): void {
   if (names.includes(DATA_FILE)) return;
   const foreign = names.filter((n) => !LMDB_FILES.has(n));
   if (foreign.length > 0) {
-    throw new StorageError(`${path} is not an amberdb store: it is a directory that contains ${listed(foreign)} and no ${DATA_FILE}`, {
-      code: "not-a-store",
-    });
+    const found = `a directory that contains ${listed(foreign)} and no ${DATA_FILE}`;
+    throw new StorageError(`${path} is not an amberdb store: it is ${found}`, { code: "not-a-store" });
   }
   if (!create) {
     throw new StorageError(`cannot open ${path}: it is an empty directory, not an amberdb store (and create is false)`, {
