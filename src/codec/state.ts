@@ -62,23 +62,34 @@ export interface EncodedState {
 interface EncodeContext {
   refs: Persistent[];
   refPaths: string[];
-  firstIndex: Map<Persistent, number>;
-  pathsOf: Map<Persistent, string[]>;
+  /** Built once a record has many references; until then the arrays are searched. */
+  firstIndex: Map<Persistent, number> | null;
+  pathsOf: Map<Persistent, string[]> | null;
   containers: boolean;
   negZero: boolean;
   maps: boolean;
   shared: boolean;
-  seen: Set<object>;
-  valueArrays: Map<object, unknown[]>;
+  /** The first container met, then a Set once there is a second (most states have one). */
+  first: object | null;
+  seen: Set<object> | null;
+  valueArrays: Map<object, unknown[]> | null;
   owner: string;
-  stack: Array<string | number>;
+  /** The path being walked; null on the fast path (errors walk again to name the path). */
+  stack: Array<string | number> | null;
   checkRef: (p: Persistent, path: () => string) => void;
 }
+
+/** Thrown on the fast path when a message needs the path: encodeState walks again with one. */
+const NEEDS_PATH = Symbol("needs path");
 
 /** The context of the walk in progress (encodeState is not re-entrant). */
 let walking: EncodeContext | null = null;
 /** The path of the value being walked, for messages (one function, not a closure per call). */
-const currentPath = (): string => (walking === null ? "" : pathString(walking));
+const currentPath = (): string => {
+  if (walking === null) return "";
+  if (walking.stack === null) throw NEEDS_PATH;
+  return pathString(walking);
+};
 
 let encoding: EncodeContext | null = null;
 let decodingRefs: readonly Persistent[] | null = null;
@@ -119,8 +130,8 @@ function ensureExtensions(): void {
     Class: Persistent,
     type: 1,
     write(obj: Persistent) {
-      const index = encoding?.firstIndex.get(obj);
-      if (index === undefined) throw new Error("internal: persistent reference not collected before packing");
+      const index = encoding === null ? -1 : refIndexOf(encoding, obj);
+      if (index < 0) throw new Error("internal: persistent reference not collected before packing");
       return index;
     },
     read(index: number) {
@@ -134,17 +145,18 @@ function ensureExtensions(): void {
   addExtension({
     Class: BrokenValue,
     type: 2,
-    write: (v: BrokenValue) => valueArray(v, () => [v.className, v.fields]),
+    write: (v: BrokenValue) => valueArray(v, v.className, v.fields),
     read: readValue,
   });
 }
 
-function valueArray(v: object, make: () => unknown[]): unknown[] {
+function valueArray(v: object, name: string, fields: object): unknown[] {
   // Hand msgpackr the same array for the same instance, so structured clone keeps it shared.
   const ctx = encoding!;
+  ctx.valueArrays ??= new Map();
   let arr = ctx.valueArrays.get(v);
   if (arr === undefined) {
-    arr = make();
+    arr = [name, fields === v ? { ...v } : fields];
     ctx.valueArrays.set(v, arr);
   }
   return arr;
@@ -165,7 +177,7 @@ function ensureValueExtension(cls: Function, name: string): void {
   addExtension({
     Class: cls as new () => object,
     type: 2,
-    write: (v: object) => valueArray(v, () => [name, { ...v }]),
+    write: (v: object) => valueArray(v, name, v),
     read: readValue,
   });
 }
@@ -180,48 +192,49 @@ export function encodeState(
   checkRef: (p: Persistent, path: () => string) => void,
 ): EncodedState {
   ensureExtensions();
-  // The collections are reused across calls (cleared in `finally`): encodeState is not
-  // re-entrant, and allocating them per record was a measurable share of commit time.
+  try {
+    return walkAndPack(owner, state, checkRef, null);
+  } catch (err) {
+    if (err !== NEEDS_PATH) throw err;
+    // Walk again, keeping the path this time, to raise the error with the path in it.
+    return walkAndPack(owner, state, checkRef, []);
+  }
+}
+
+function walkAndPack(
+  owner: string,
+  state: Record<string, unknown>,
+  checkRef: (p: Persistent, path: () => string) => void,
+  stack: Array<string | number> | null,
+): EncodedState {
   const ctx: EncodeContext = {
     refs: [],
     refPaths: [],
-    firstIndex: reusable.firstIndex,
-    pathsOf: reusable.pathsOf,
+    firstIndex: null,
+    pathsOf: null,
     containers: false,
     negZero: false,
     maps: false,
     shared: false,
-    seen: reusable.seen,
-    valueArrays: reusable.valueArrays,
+    first: null,
+    seen: null,
+    valueArrays: null,
     owner,
-    stack: reusable.stack,
+    stack,
     checkRef,
   };
   walking = ctx;
   try {
-    for (const key of Object.keys(state)) {
-      ctx.stack.push(key);
+    for (const key in state) {
+      if (stack !== null) stack.push(key);
       walk(ctx, state[key], key);
-      ctx.stack.pop();
+      if (stack !== null) stack.pop();
     }
     return pack(ctx, state);
   } finally {
     walking = null;
-    reusable.firstIndex.clear();
-    reusable.pathsOf.clear();
-    reusable.seen.clear();
-    reusable.valueArrays.clear();
-    reusable.stack.length = 0;
   }
 }
-
-const reusable = {
-  firstIndex: new Map<Persistent, number>(),
-  pathsOf: new Map<Persistent, string[]>(),
-  seen: new Set<object>(),
-  valueArrays: new Map<object, unknown[]>(),
-  stack: [] as Array<string | number>,
-};
 
 function pack(ctx: EncodeContext, state: Record<string, unknown>): EncodedState {
   const boxMaps = !ctx.shared && ctx.maps;
@@ -256,7 +269,7 @@ export function decodeState(bytes: Uint8Array, refs: readonly Persistent[], shar
 
 function pathString(ctx: EncodeContext): string {
   let s = ctx.owner;
-  for (const part of ctx.stack) {
+  for (const part of ctx.stack ?? []) {
     if (typeof part === "number") s += `[${part}]`;
     else if (part.startsWith("\u0000")) s += part.slice(1);
     else s += /^[A-Za-z_$][\w$]*$/.test(part) ? `.${part}` : `[${JSON.stringify(part)}]`;
@@ -265,7 +278,21 @@ function pathString(ctx: EncodeContext): string {
 }
 
 function fail(ctx: EncodeContext, what: string): never {
+  if (ctx.stack === null) throw NEEDS_PATH;
   throw new TypeError(`${pathString(ctx)}: ${what}`);
+}
+
+/** Has the walk met this container before (shared or cyclic)? Notes it if not. */
+function seenBefore(ctx: EncodeContext, obj: object): boolean {
+  if (ctx.first === null) {
+    ctx.first = obj;
+    return false;
+  }
+  if (ctx.first === obj) return true;
+  const seen = (ctx.seen ??= new Set());
+  if (seen.has(obj)) return true;
+  seen.add(obj);
+  return false;
 }
 
 function walk(ctx: EncodeContext, v: unknown, top: string): void {
@@ -289,17 +316,19 @@ function walk(ctx: EncodeContext, v: unknown, top: string): void {
     addRef(ctx, obj, top);
     return;
   }
-  if (ctx.seen.has(obj)) {
+  if (seenBefore(ctx, obj)) {
     ctx.shared = true;
     return;
   }
-  ctx.seen.add(obj);
   ctx.containers = true;
+  const stack = ctx.stack;
   if (Array.isArray(obj)) {
     for (let i = 0; i < obj.length; i++) {
-      ctx.stack.push(i);
-      walk(ctx, obj[i], top);
-      ctx.stack.pop();
+      const item: unknown = obj[i];
+      if (typeof item === "number" && item !== 0) continue; // the common case, skipped quickly
+      if (stack !== null) stack.push(i);
+      walk(ctx, item, top);
+      if (stack !== null) stack.pop();
     }
     return;
   }
@@ -311,19 +340,20 @@ function walk(ctx: EncodeContext, v: unknown, top: string): void {
   if (obj instanceof Map) {
     ctx.maps = true;
     for (const [k, val] of obj) {
-      ctx.stack.push(`\u0000[Map key ${typeof k === "string" ? JSON.stringify(k) : String(k)}]`);
+      if (stack !== null) stack.push(`\u0000[Map key ${typeof k === "string" ? JSON.stringify(k) : String(k)}]`);
       walk(ctx, k, top);
       walk(ctx, val, top);
-      ctx.stack.pop();
+      if (stack !== null) stack.pop();
     }
     return;
   }
   if (obj instanceof Set) {
     let i = 0;
     for (const member of obj) {
-      ctx.stack.push(`\u0000[Set member ${i++}]`);
+      if (stack !== null) stack.push(`\u0000[Set member ${i}]`);
+      i++;
       walk(ctx, member, top);
-      ctx.stack.pop();
+      if (stack !== null) stack.pop();
     }
     return;
   }
@@ -355,25 +385,62 @@ function walk(ctx: EncodeContext, v: unknown, top: string): void {
 }
 
 function walkFields(ctx: EncodeContext, obj: Record<string, unknown>, top: string): void {
+  const stack = ctx.stack;
   for (const key of Object.keys(obj)) {
-    ctx.stack.push(key);
+    if (stack !== null) stack.push(key);
     walk(ctx, obj[key], top);
-    ctx.stack.pop();
+    if (stack !== null) stack.pop();
   }
 }
 
+/** Records with few references search the arrays; past this many they get Maps. */
+const INDEX_AT = 16;
+
 function addRef(ctx: EncodeContext, obj: Persistent, path: string): void {
+  const refs = ctx.refs;
+  if (ctx.pathsOf === null) {
+    let known = false;
+    for (let i = 0; i < refs.length; i++) {
+      if (refs[i] === obj) {
+        if (ctx.refPaths[i] === path) return;
+        known = true;
+      }
+    }
+    if (!known) ctx.checkRef(obj, currentPath);
+    refs.push(obj);
+    ctx.refPaths.push(path);
+    if (refs.length > INDEX_AT) buildIndex(ctx);
+    return;
+  }
   let paths = ctx.pathsOf.get(obj);
   if (paths === undefined) {
     ctx.checkRef(obj, currentPath);
     paths = [];
     ctx.pathsOf.set(obj, paths);
-    ctx.firstIndex.set(obj, ctx.refs.length);
+    ctx.firstIndex!.set(obj, refs.length);
+  } else if (paths.includes(path)) {
+    return;
   }
-  if (paths.includes(path)) return;
   paths.push(path);
-  ctx.refs.push(obj);
+  refs.push(obj);
   ctx.refPaths.push(path);
+}
+
+function buildIndex(ctx: EncodeContext): void {
+  const firstIndex = new Map<Persistent, number>();
+  const pathsOf = new Map<Persistent, string[]>();
+  ctx.refs.forEach((r, i) => {
+    if (!firstIndex.has(r)) firstIndex.set(r, i);
+    let paths = pathsOf.get(r);
+    if (paths === undefined) pathsOf.set(r, (paths = []));
+    paths.push(ctx.refPaths[i]!);
+  });
+  ctx.firstIndex = firstIndex;
+  ctx.pathsOf = pathsOf;
+}
+
+function refIndexOf(ctx: EncodeContext, obj: Persistent): number {
+  return ctx.firstIndex === null ? ctx.refs.indexOf(obj) : (ctx.firstIndex.get(obj) ?? -1);
 }
 
 /**

@@ -320,10 +320,12 @@ export class Connection implements Jar, AsyncDisposable {
     this.abort();
   }
 
-  /** @internal Drop the cache for good (the DB is closing or the pool is full). */
+  /**
+   * @internal Drop the cache for good (the DB is closing or the pool is full). Objects the
+   * application still holds keep the state they have; ghosts raise a "closed" error.
+   */
   discard(): void {
     this.#open = false;
-    for (const [obj, meta] of this.#cache.loadedObjects()) this.#ghostify(obj, meta);
     this.#cache.clear();
   }
 
@@ -440,9 +442,18 @@ export class Connection implements Jar, AsyncDisposable {
     this.#cache.unload(obj, meta);
     dropState(obj);
     meta.state = GHOST;
+    const refs = meta.refs;
     meta.orig = null;
     meta.bytes = null;
     meta.refs = null;
+    // The object and the ghosts it referred to may now be unreachable: hold them weakly.
+    this.#cache.demote(meta.oid, obj);
+    if (refs !== null) {
+      for (const r of refs) {
+        const rm = metaOf(r);
+        if (rm.state === GHOST) this.#cache.demote(rm.oid, r);
+      }
+    }
   }
 
   /** Encode the changed objects and, transitively, the new objects they reach. */

@@ -3,9 +3,14 @@
  * loaded objects in least-recently-used order.
  *
  * Invariants:
- * - `#byOid` holds every object of the connection that has an oid, weakly: a ghost the
- *   application no longer references can be collected, and a new object for its oid made
- *   later is then the only one in existence (identity is never doubled).
+ * - Every object of the connection that has an oid is in `#strong` or in `#weak` (never
+ *   both). `#weak` holds ghosts through WeakRefs: a ghost the application no longer
+ *   references can be collected, and a new object made later for its oid is then the only
+ *   one in existence (identity is never doubled).
+ * - `#strong` holds loaded objects and recently made ghosts (a nursery). A WeakRef costs
+ *   several times a Map entry, and most ghosts are loaded soon after they are made (a
+ *   traversal), so ghosts move to `#weak` only when they are evicted or when the nursery
+ *   outgrows its bound (`#demoteGhosts`), which keeps memory bounded.
  * - `#loaded` holds every object whose state is in memory (saved or changed), strongly, in
  *   the order of last use (load, change, commit); its size and `#bytes` are what
  *   `cacheSize` and `cacheBytes` bound.
@@ -16,7 +21,8 @@ import type { Meta, Persistent } from "../persistent/persistent.ts";
 import type { Oid } from "../storage/storage.ts";
 
 export class ObjectCache {
-  #byOid = new Map<Oid, WeakRef<Persistent>>();
+  #strong = new Map<Oid, Persistent>();
+  #weak = new Map<Oid, WeakRef<Persistent>>();
   #sweepAt = 1024;
   #loaded = new Map<Persistent, Meta>();
   #bytes = 0;
@@ -28,26 +34,43 @@ export class ObjectCache {
 
   /** The live object for `oid`, if any. */
   get(oid: Oid): Persistent | undefined {
-    const ref = this.#byOid.get(oid);
+    const strong = this.#strong.get(oid);
+    if (strong !== undefined) return strong;
+    const ref = this.#weak.get(oid);
     if (ref === undefined) return undefined;
     const obj = ref.deref();
-    if (obj === undefined) this.#byOid.delete(oid);
+    if (obj === undefined) this.#weak.delete(oid);
     return obj;
   }
 
   add(oid: Oid, obj: Persistent): void {
-    this.#byOid.set(oid, new WeakRef(obj));
-    if (this.#byOid.size >= this.#sweepAt) this.#sweep();
+    this.#weak.delete(oid);
+    this.#strong.set(oid, obj);
+    if (this.#strong.size > this.#loaded.size + 2 * this.cacheSize + 1024) this.#demoteGhosts();
   }
 
   remove(oid: Oid): void {
-    this.#byOid.delete(oid);
+    this.#strong.delete(oid);
+    this.#weak.delete(oid);
   }
 
-  /** Drop entries of collected objects; amortised by doubling the threshold. */
+  /** `obj` became a ghost: hold it weakly from now on. */
+  demote(oid: Oid, obj: Persistent): void {
+    if (this.#strong.get(oid) !== obj) return;
+    this.#strong.delete(oid);
+    this.#weak.set(oid, new WeakRef(obj));
+    if (this.#weak.size >= this.#sweepAt) this.#sweep();
+  }
+
+  /** Move every ghost of the nursery to the weak map. */
+  #demoteGhosts(): void {
+    for (const [oid, obj] of this.#strong) if (!this.#loaded.has(obj)) this.demote(oid, obj);
+  }
+
+  /** Drop weak entries of collected objects; amortised by doubling the threshold. */
   #sweep(): void {
-    for (const [oid, ref] of this.#byOid) if (ref.deref() === undefined) this.#byOid.delete(oid);
-    this.#sweepAt = Math.max(1024, this.#byOid.size * 2);
+    for (const [oid, ref] of this.#weak) if (ref.deref() === undefined) this.#weak.delete(oid);
+    this.#sweepAt = Math.max(1024, this.#weak.size * 2);
   }
 
   /** Record that `obj` holds its state in memory and was just used. */
@@ -82,7 +105,7 @@ export class ObjectCache {
   }
 
   get knownCount(): number {
-    return this.#byOid.size;
+    return this.#strong.size + this.#weak.size;
   }
 
   overBudget(): boolean {
@@ -116,7 +139,8 @@ export class ObjectCache {
 
   /** Forget everything (the connection closed for good). */
   clear(): void {
-    this.#byOid.clear();
+    this.#strong.clear();
+    this.#weak.clear();
     this.#loaded.clear();
     this.#bytes = 0;
   }

@@ -193,8 +193,9 @@ export function clearState(obj: object): void {
 
 /** @internal Copy the own enumerable properties into a plain object (the default state). */
 export function ownState(obj: object): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  for (const k of Object.keys(obj)) out[k] = (obj as Record<string, unknown>)[k];
+  // Spread copies own enumerable properties on V8's fast path (it can reuse the shape).
+  const out: Record<string, unknown> = { ...obj };
+  for (const sym of Object.getOwnPropertySymbols(out)) delete (out as Record<symbol, unknown>)[sym];
   return out;
 }
 

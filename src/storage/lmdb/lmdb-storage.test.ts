@@ -77,6 +77,17 @@ describe("LmdbStorage paths", () => {
     expect(err.message).toBe(`${path} is not an amberdb store: it holds an LMDB environment without the amberdb marker`);
   });
 
+  it("completes a store whose creation was interrupted (an empty environment)", async () => {
+    const path = tempPath("interrupted");
+    const empty = open(path, { noSubdir: false });
+    empty.openDB("meta", { encoding: "binary" }); // created before the marker, as LmdbStorage does
+    await empty.close();
+    const s = await LmdbStorage.open(path);
+    expect(await s.lastTid()).toBe(0);
+    expect(await create(s, 1, "x")).toBeGreaterThan(0);
+    await s.close();
+  });
+
   it("with create: false, refuses a missing path or an empty directory and creates nothing", async () => {
     const missing = tempPath("missing");
     const err = await failure(LmdbStorage.open(missing, { create: false }));
@@ -219,7 +230,12 @@ describe("another process on the same store", () => {
 });
 
 describe("damaged data", () => {
-  /** Rewrite object `oid`'s stored value with the raw lmdb package, the storage closed. */
+  /**
+   * Rewrite object `oid`'s stored value behind the storage's back, with it closed: open the
+   * store directory with the raw lmdb package (`noSubdir: false`), its named database
+   * "current" with binary values (keys are oids, values an 8-byte serial then the record
+   * envelope: see layout.ts), and put changed bytes under the oid.
+   */
   async function tamper(path: string, oid: Oid, change: (stored: Buffer) => Buffer): Promise<void> {
     const raw = open(path, { noSubdir: false });
     const current = raw.openDB<Buffer, Oid>("current", { encoding: "binary" });
