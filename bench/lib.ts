@@ -74,6 +74,9 @@ export async function phase(conn: Connection, objects: number, fn: () => unknown
 }
 
 export function report(workload: string, storage: string, results: Record<string, Phase[]>): void {
+  if (process.env.AMBER_BENCH_VERBOSE) {
+    for (const [name, runs] of Object.entries(results)) console.error(name, runs.map((r) => r.ms.toFixed(1)).join(" "));
+  }
   const rows: string[] = [];
   for (const [name, runs] of Object.entries(results)) {
     const ms = median(runs.map((r) => r.ms));

@@ -1,21 +1,21 @@
 /**
  * The record envelope: the bytes a storage keeps for one revision of one object.
  *
- * Layout (fixed-size integers big-endian; varint = unsigned LEB128):
+ * Layout (varint = unsigned LEB128):
  *
  *   offset  size  field
  *   0       1     magic 0xAD
- *   1       1     format version (2)
- *   2       4     CRC-32 of every byte from offset 6 to the end
- *   6       4     header length H
- *   10      H     header:
+ *   1       1     format version (3)
+ *   2       4     header length H (big-endian)
+ *   6       H     header:
  *                   varint classVersion
  *                   u8     flags (bit 0: state written in structured-clone mode)
  *                   varint S, then S strings (varint byte length, UTF-8); string 0 is the
  *                          class name, the others are the reference paths and class names
  *                   varint R, then R references: varint oid, varint path string index,
  *                          varint class string index
- *   10+H    ...   state: MessagePack with amberdb's extensions (see codec/state.ts)
+ *   6+H     ...   state: MessagePack with amberdb's extensions (see codec/state.ts)
+ *   end-4   4     CRC-32 of every byte before it, little-endian
  *
  * The header is a plain documented format (no MessagePack extensions, no application
  * classes) so that a storage, a server or a tool can read the class name and walk the
@@ -25,15 +25,19 @@
  * without loading it. Repeated strings are stored once.
  *
  * The checksum makes damaged bytes fail loudly (a flipped bit inside a string would
- * otherwise decode as a different string).
+ * otherwise decode as a different string). Stored little-endian at the end, it lets a
+ * reader check the whole record with one CRC over all of it: the CRC-32 of a message
+ * followed by its own CRC is always 0x2144DF1C.
  */
 import { crc32 } from "node:zlib";
 import { StorageError } from "../errors.ts";
 import type { Oid } from "../storage/storage.ts";
 
 const MAGIC = 0xad;
-const FORMAT = 2;
-const FIXED = 10;
+const FORMAT = 3;
+const FIXED = 6;
+const TRAILER = 4;
+const CRC_RESIDUE = 0x2144df1c;
 
 export interface Envelope {
   className: string;
@@ -44,7 +48,26 @@ export interface Envelope {
   /** The state holds shared or cyclic containers (decode in structured-clone mode). */
   shared: boolean;
   /** The state bytes (a view into the envelope). */
-  state: Uint8Array;
+  readonly state: Uint8Array;
+}
+
+/** A parsed envelope: the state is located by offsets; `state` makes a view on demand. */
+export class ParsedEnvelope implements Envelope {
+  constructor(
+    readonly className: string,
+    readonly classVersion: number,
+    readonly refOids: Oid[],
+    readonly refPaths: string[],
+    readonly refClasses: string[],
+    readonly shared: boolean,
+    /** The whole record. */
+    readonly data: Uint8Array,
+    readonly stateStart: number,
+    readonly stateEnd: number,
+  ) {}
+  get state(): Uint8Array {
+    return this.data.subarray(this.stateStart, this.stateEnd);
+  }
 }
 
 /** What `writeEnvelope` takes: an envelope; `shared` defaults to false. */
@@ -66,10 +89,11 @@ export function writeEnvelope(e: EnvelopeInput): Uint8Array {
   let size = varintSize(e.classVersion) + 1 + varintSize(strings.length) + varintSize(n);
   for (const b of strings) size += varintSize(b.length) + b.length;
   for (const v of refs) size += varintSize(v);
-  const out = Buffer.allocUnsafe(FIXED + size + e.state.length);
+  const total = FIXED + size + e.state.length + TRAILER;
+  const out = Buffer.allocUnsafe(total);
   out[0] = MAGIC;
   out[1] = FORMAT;
-  out.writeUInt32BE(size, 6);
+  out.writeUInt32BE(size, 2);
   let pos = writeVarint(out, FIXED, e.classVersion);
   out[pos++] = e.shared ? 1 : 0;
   pos = writeVarint(out, pos, strings.length);
@@ -81,7 +105,7 @@ export function writeEnvelope(e: EnvelopeInput): Uint8Array {
   pos = writeVarint(out, pos, n);
   for (const v of refs) pos = writeVarint(out, pos, v);
   out.set(e.state, pos);
-  out.writeUInt32BE(crc32(out.subarray(6)), 2);
+  out.writeUInt32LE(crc32(out.subarray(0, total - TRAILER)), total - TRAILER);
   return out;
 }
 
@@ -107,17 +131,15 @@ function utf8Bytes(s: string): Uint8Array {
  * Parse and verify the envelope. Raises `StorageError` naming `oid` when the bytes are not
  * an intact envelope (wrong magic, bad checksum, truncated header).
  */
-export function readEnvelope(data: Uint8Array, oid?: Oid): Envelope {
+export function readEnvelope(data: Uint8Array, oid?: Oid): ParsedEnvelope {
   const len = data.length;
-  if (len < FIXED) damaged(oid, `${len} bytes, shorter than the ${FIXED}-byte envelope header`);
+  if (len < FIXED + TRAILER) damaged(oid, `${len} bytes, shorter than an envelope's ${FIXED + TRAILER} fixed bytes`);
   if (data[0] !== MAGIC) damaged(oid, `expected magic byte 0xad, found 0x${(data[0] ?? 0).toString(16)}`);
   if (data[1] !== FORMAT) damaged(oid, `unknown record format ${data[1]}`);
-  const stored = ((data[2]! << 24) | (data[3]! << 16) | (data[4]! << 8) | data[5]!) >>> 0;
-  const actual = crc32(data.subarray(6));
-  if (stored !== actual) damaged(oid, `checksum mismatch (stored ${stored.toString(16)}, computed ${actual.toString(16)})`);
-  const hlen = ((data[6]! << 24) | (data[7]! << 16) | (data[8]! << 8) | data[9]!) >>> 0;
+  if (crc32(data) !== CRC_RESIDUE) damaged(oid, "checksum mismatch");
+  const hlen = ((data[2]! << 24) | (data[3]! << 16) | (data[4]! << 8) | data[5]!) >>> 0;
   const end = FIXED + hlen;
-  if (end > len) damaged(oid, `header length ${hlen} runs past the end`);
+  if (end > len - TRAILER) damaged(oid, `header length ${hlen} runs past the end`);
   const r = { pos: FIXED, data, end };
   const classVersion = readVarint(r, oid);
   if (r.pos >= end) damaged(oid, "header truncated");
@@ -145,7 +167,7 @@ export function readEnvelope(data: Uint8Array, oid?: Oid): Envelope {
     refClasses[i] = strings[c]!;
   }
   if (r.pos !== end) damaged(oid, "header length does not match its contents");
-  return { className: strings[0]!, classVersion, refOids, refPaths, refClasses, shared: (flags & 1) === 1, state: data.subarray(end) };
+  return new ParsedEnvelope(strings[0]!, classVersion, refOids, refPaths, refClasses, (flags & 1) === 1, data, end, len - TRAILER);
 }
 
 /** The oids a record refers to, for storages that walk the graph. */
@@ -193,16 +215,32 @@ function readVarint(r: { pos: number; data: Uint8Array; end: number }, oid: Oid 
 
 const decoder = new TextDecoder();
 
-/** Short ASCII strings (class names, property names) decode without a TextDecoder call. */
+/**
+ * Recently decoded short strings, by a hash of their bytes. The same class and property
+ * names come back in record after record; returning the same string object each time
+ * saves building it and lets Map lookups by it use its cached hash.
+ */
+const recent: Array<string | undefined> = new Array(512);
+
 function utf8(data: Uint8Array, start: number, end: number): string {
-  if (end - start <= 32) {
-    let s = "";
-    for (let i = start; i < end; i++) {
-      const c = data[i]!;
-      if (c >= 128) return decoder.decode(data.subarray(start, end));
-      s += String.fromCharCode(c);
-    }
-    return s;
+  const n = end - start;
+  if (n > 40) return decoder.decode(data.subarray(start, end));
+  let h = n;
+  for (let i = start; i < end; i++) h = (Math.imul(h, 31) + data[i]!) | 0;
+  const slot = (h >>> 0) % 512;
+  const cached = recent[slot];
+  if (cached !== undefined && cached.length === n && sameAscii(cached, data, start)) return cached;
+  let s = "";
+  for (let i = start; i < end; i++) {
+    const c = data[i]!;
+    if (c >= 128) return decoder.decode(data.subarray(start, end));
+    s += String.fromCharCode(c);
   }
-  return decoder.decode(data.subarray(start, end));
+  recent[slot] = s;
+  return s;
+}
+
+function sameAscii(s: string, data: Uint8Array, start: number): boolean {
+  for (let i = 0; i < s.length; i++) if (s.charCodeAt(i) !== data[start + i]) return false;
+  return true;
 }

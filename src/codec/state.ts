@@ -252,12 +252,18 @@ function pack(ctx: EncodeContext, state: Record<string, unknown>): EncodedState 
  * Decode state bytes; `refs[i]` is the object for entry `i` of the record's refs table.
  * `shared` says the bytes were written in structured-clone mode (the envelope records it).
  */
-export function decodeState(bytes: Uint8Array, refs: readonly Persistent[], shared = true): Record<string, unknown> {
+export function decodeState(
+  bytes: Uint8Array,
+  refs: readonly Persistent[],
+  shared = true,
+  start = 0,
+  end = bytes.length,
+): Record<string, unknown> {
   ensureExtensions();
   const previous = decodingRefs;
   decodingRefs = refs;
   try {
-    const value: unknown = (shared ? cloningPackr : plainPackr).unpack(bytes);
+    const value: unknown = (shared ? cloningPackr : plainPackr).unpack(bytes as Buffer, { start, end } as never);
     if (typeof value !== "object" || value === null || Array.isArray(value)) {
       throw new TypeError(`state is not an object (found ${Array.isArray(value) ? "array" : typeof value})`);
     }

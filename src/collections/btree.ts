@@ -429,7 +429,69 @@ function scan<K extends BTreeKey, V, T>(
   limit: number,
   pick: (k: K, v: V) => T,
 ): IterableIterator<T> {
+  if (!reverse && lo === undefined && hi === undefined && limit === Infinity) {
+    return new FullScan(tree, pick === (valueOf as unknown) ? 1 : pick === (keyOf as unknown) ? 0 : 2) as never;
+  }
   return reverse ? backward(tree, lo, hi, limit, pick) : forward(tree, lo, hi, limit, pick);
+}
+
+/**
+ * A whole-tree scan in key order (keys, values or entries): the hot path of iteration,
+ * written as an iterator class because it is several times cheaper per item than a
+ * generator. Like the generators it survives changes between steps: when the bucket it
+ * is in changed, it seeks past the last key it returned.
+ */
+class FullScan<K extends BTreeKey, V> implements IterableIterator<unknown> {
+  #tree: BTree<K, V>;
+  #kind: number;
+  #bucket: BTreeBucket<K, V> | null;
+  #data: BucketData<K, V> | null = null;
+  #i = 0;
+  #last: K | undefined = undefined;
+
+  constructor(tree: BTree<K, V>, kind: number) {
+    this.#tree = tree;
+    this.#kind = kind;
+    this.#bucket = firstBucket(tree[TREE].root);
+  }
+
+  next(): IteratorResult<unknown> {
+    for (;;) {
+      const bucket = this.#bucket;
+      if (bucket === null) return { value: undefined, done: true };
+      const d = bucket[BUCKET];
+      if (d !== this.#data) {
+        if (this.#data !== null) {
+          // The bucket's state was replaced (reloaded or changed): find our place again.
+          [this.#bucket, this.#i] = seekAfter(this.#tree[TREE].root, this.#last as K, false);
+          this.#data = null;
+          continue;
+        }
+        this.#data = d;
+      }
+      const i = this.#i;
+      if (i > 0 && d.keys[i - 1] !== this.#last) {
+        // Keys were inserted or removed before our place (or the bucket split): seek again.
+        [this.#bucket, this.#i] = seekAfter(this.#tree[TREE].root, this.#last as K, false);
+        this.#data = null;
+        continue;
+      }
+      if (i < d.keys.length) {
+        const k = d.keys[i]!;
+        this.#i = i + 1;
+        this.#last = k;
+        const kind = this.#kind;
+        return { value: kind === 1 ? d.values[i] : kind === 0 ? k : [k, d.values[i]], done: false };
+      }
+      this.#bucket = d.next;
+      this.#data = null;
+      this.#i = 0;
+    }
+  }
+
+  [Symbol.iterator](): this {
+    return this;
+  }
 }
 
 function* forward<K extends BTreeKey, V, T>(
@@ -442,24 +504,35 @@ function* forward<K extends BTreeKey, V, T>(
   if (limit <= 0) return;
   let [bucket, i]: [BTreeBucket<K, V> | null, number] =
     lo === undefined ? [firstBucket(tree[TREE].root), 0] : seekAfter(tree[TREE].root, lo.key, lo.inclusive);
+  // The common cases yield straight from the bucket arrays (no callback per item).
+  const kind = pick === (valueOf as unknown) ? 1 : pick === (keyOf as unknown) ? 0 : 2;
   let n = 0;
   while (bucket !== null) {
     const d: BucketData<K, V> = bucket[BUCKET];
-    if (i >= d.keys.length) {
+    const keys = d.keys;
+    const values = d.values;
+    let moved = false;
+    while (i < keys.length) {
+      const k = keys[i]!;
+      if (hi !== undefined) {
+        const c = compareKeys(k, hi.key);
+        if (c > 0 || (c === 0 && !hi.inclusive)) return;
+      }
+      yield (kind === 1 ? values[i] : kind === 0 ? k : pick(k, values[i] as V)) as T;
+      if (++n >= limit) return;
+      // The tree may have changed while suspended: go on after `k`.
+      if (bucket[BUCKET] === d && keys[i] === k) {
+        i++;
+      } else {
+        [bucket, i] = seekAfter(tree[TREE].root, k, false);
+        moved = true;
+        break;
+      }
+    }
+    if (!moved) {
       bucket = d.next;
       i = 0;
-      continue;
     }
-    const k = d.keys[i]!;
-    if (hi !== undefined) {
-      const c = compareKeys(k, hi.key);
-      if (c > 0 || (c === 0 && !hi.inclusive)) return;
-    }
-    yield pick(k, d.values[i] as V);
-    if (++n >= limit) return;
-    // The tree may have changed while suspended: go on after `k`.
-    if (bucket[BUCKET].keys[i] === k) i++;
-    else [bucket, i] = seekAfter(tree[TREE].root, k, false);
   }
 }
 

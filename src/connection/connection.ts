@@ -12,7 +12,7 @@
  *   finish (atomic, durable). A conflict leaves the transaction's changes in place and
  *   raises `ConflictError`; `abort()` (or `db.transact`) then discards them.
  */
-import { readEnvelope, writeEnvelope, type Envelope } from "../codec/record.ts";
+import { readEnvelope, writeEnvelope, type ParsedEnvelope } from "../codec/record.ts";
 import { decodeState } from "../codec/state.ts";
 import {
   ConflictError,
@@ -169,7 +169,7 @@ export class Connection implements Jar, AsyncDisposable {
   /** @internal Decode a record's state without installing it (history). */
   decodeRecord(rec: StoredRecord): Record<string, unknown> {
     const env = readEnvelope(rec.data, rec.oid);
-    return decodeState(env.state, this.#refsOf(env), env.shared);
+    return decodeState(env.data, this.#refsOf(env), env.shared, env.stateStart, env.stateEnd);
   }
 
   /** @internal Create the root object of a new database (oid 0) and commit it. */
@@ -389,7 +389,7 @@ export class Connection implements Jar, AsyncDisposable {
     const refs = this.#refsOf(env);
     let state: Record<string, unknown>;
     try {
-      state = decodeState(env.state, refs, env.shared);
+      state = decodeState(env.data, refs, env.shared, env.stateStart, env.stateEnd);
     } catch (err) {
       throw new StorageError(`record of object ${rec.oid} (${env.className}) cannot be decoded: ${(err as Error).message}`, {
         oid: rec.oid,
@@ -413,15 +413,15 @@ export class Connection implements Jar, AsyncDisposable {
     meta.className = env.className;
     meta.orig = state;
     meta.origKeys = Object.keys(state).length;
-    meta.bytes = env.state;
     meta.refs = refs;
     meta.containers = !isSelfTracking(obj) && holdsContainers(state, isPersistent);
+    meta.bytes = meta.containers ? env.state : null;
     meta.size = rec.data.length;
     this.#cache.touch(obj, meta);
     if (this.#cache.overBudget()) this.#cache.shrink(this.#evict, obj);
   }
 
-  #refsOf(env: Envelope): Persistent[] {
+  #refsOf(env: ParsedEnvelope): Persistent[] {
     const n = env.refOids.length;
     const refs: Persistent[] = new Array(n);
     for (let i = 0; i < n; i++) refs[i] = this.#objectFor(env.refOids[i]!, env.refClasses[i]!);

@@ -110,8 +110,9 @@ export function revisionSerial(bytes: Buffer, oid: Oid): Tid {
 }
 
 /** A copy of the envelope bytes of a REVISION (the read buffer is reused by the next read). */
-export function revisionData(bytes: Buffer): Buffer {
-  return Buffer.from(bytes.subarray(SERIAL_BYTES, bytes.length));
+export function revisionData(bytes: Buffer): Uint8Array {
+  // One copy, no intermediate view (the buffer lmdb-js lends is reused by the next read).
+  return Uint8Array.prototype.slice.call(bytes, SERIAL_BYTES, bytes.length);
 }
 
 /** A copy of a whole REVISION, to move it into "history" unchanged. */
