@@ -122,6 +122,26 @@ describe.each(storages)("objects on $name", ({ url }) => {
     await db.close();
   });
 
+  it("keeps binary values intact after later loads reuse the storage's buffers", async () => {
+    const { db } = await setup();
+    await db.transact((root) => {
+      for (let i = 0; i < 50; i++) {
+        const o = new Order(i);
+        (o as any).bytes = Buffer.alloc(40, i);
+        (o as any).floats = new Float64Array([i, i + 0.5]);
+        root.set(`o${i}`, o);
+      }
+    });
+    const conn = fresh(db);
+    const loaded = Array.from({ length: 50 }, (_, i) => conn.root().get(`o${i}`) as any);
+    for (const o of loaded) void o.total; // each load may reuse the previous one's buffer
+    loaded.forEach((o, i) => {
+      expect([...o.bytes]).toEqual(new Array(40).fill(i));
+      expect([...o.floats]).toEqual([i, i + 0.5]);
+    });
+    await db.close();
+  });
+
   it("writes only objects that changed", async () => {
     const { db } = await setup();
     await db.transact((root) => {

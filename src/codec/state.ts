@@ -94,8 +94,10 @@ const currentPath = (): string => {
 let encoding: EncodeContext | null = null;
 let decodingRefs: readonly Persistent[] | null = null;
 
-const cloningPackr = new Packr({ structuredClone: true, mapsAsObjects: false, moreTypes: true });
-const plainPackr = new Packr({ useRecords: false, mapsAsObjects: true, moreTypes: true });
+// copyBuffers: decoded binary values never alias the record bytes, which may be memory a
+// storage only lends for the duration of the decode.
+const cloningPackr = new Packr({ structuredClone: true, mapsAsObjects: false, moreTypes: true, copyBuffers: true });
+const plainPackr = new Packr({ useRecords: false, mapsAsObjects: true, moreTypes: true, copyBuffers: true });
 
 addExtension({
   Class: NegativeZero,

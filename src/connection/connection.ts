@@ -40,7 +40,16 @@ import {
   type Jar,
   type Persistent,
 } from "../persistent/persistent.ts";
-import type { Changes, CommitRequest, Oid, Storage, StorageConflict, StoredRecord, Tid } from "../storage/storage.ts";
+import type {
+  Changes,
+  CommitRequest,
+  Oid,
+  RecordToStore,
+  Storage,
+  StorageConflict,
+  StoredRecord,
+  Tid,
+} from "../storage/storage.ts";
 import { ROOT_OID } from "../storage/storage.ts";
 import { ObjectCache } from "./object-cache.ts";
 import { differs, dropState, holdsContainers, putState, snapshotObject, type ObjectSnapshot } from "./object-state.ts";
@@ -153,7 +162,7 @@ export class Connection implements Jar, AsyncDisposable {
     const rec = this.#loadOne(oid, "object");
     const env = readEnvelope(rec.data, oid);
     const obj = this.#objectFor(oid, env.className);
-    this.#install(obj, metaOf(obj), rec);
+    this.#install(obj, metaOf(obj), rec, env);
     return obj;
   }
 
@@ -196,7 +205,7 @@ export class Connection implements Jar, AsyncDisposable {
       );
     }
     const rec = this.#loadOne(meta.oid, meta.className);
-    this.#install(obj, meta, rec);
+    this.#install(obj, meta, rec, readEnvelope(rec.data, rec.oid));
   }
 
   /** @internal */
@@ -349,8 +358,21 @@ export class Connection implements Jar, AsyncDisposable {
     return m;
   }
 
+  /**
+   * Load one record for a ghost. The data may be lent by the storage (valid until its next
+   * call): `#install` decodes it at once and copies the little it keeps.
+   */
   #loadOne(oid: Oid, className: string): StoredRecord {
-    const load = this.#storage.loadSync;
+    const s = this.#storage;
+    if (s.loadOneSync !== undefined) {
+      this.stats.roundTrips++;
+      const rec = s.loadOneSync(oid, this.#tid, true);
+      if (rec === null) throw new ObjectNotFoundError(oid, ` (a ${className} referenced at snapshot ${this.#tid})`);
+      this.stats.loads++;
+      this.stats.bytesRead += rec.data.length;
+      return rec;
+    }
+    const load = s.loadSync;
     if (load === undefined) {
       throw new NotLoadedError(
         oid,
@@ -384,8 +406,8 @@ export class Connection implements Jar, AsyncDisposable {
     return obj;
   }
 
-  #install(obj: Persistent, meta: Meta, rec: StoredRecord): void {
-    const env = readEnvelope(rec.data, rec.oid);
+  /** Decode `rec` into the ghost `obj`. `rec.data` may be lent: nothing here keeps it. */
+  #install(obj: Persistent, meta: Meta, rec: StoredRecord, env: ParsedEnvelope): void {
     const refs = this.#refsOf(env);
     let state: Record<string, unknown>;
     try {
@@ -397,9 +419,12 @@ export class Connection implements Jar, AsyncDisposable {
         code: "corrupt",
       });
     }
+    // Copy what is kept before anything else runs (an upgrade hook may load other objects).
+    const containers = !isSelfTracking(obj) && holdsContainers(state, isPersistent);
+    meta.bytes = containers ? copyBytes(env.state) : null;
     let upgraded = false;
     const info = classByName(env.className);
-    if (obj instanceof BrokenObject) keepOriginal(obj, rec.data);
+    if (obj instanceof BrokenObject) keepOriginal(obj, copyBytes(rec.data));
     else if (info !== undefined && info.version > env.classVersion) {
       const upgrade = (info.cls as { upgrade?: unknown }).upgrade;
       if (typeof upgrade === "function") {
@@ -414,8 +439,7 @@ export class Connection implements Jar, AsyncDisposable {
     meta.orig = state;
     meta.origKeys = Object.keys(state).length;
     meta.refs = refs;
-    meta.containers = !isSelfTracking(obj) && holdsContainers(state, isPersistent);
-    meta.bytes = meta.containers ? env.state : null;
+    meta.containers = containers;
     meta.size = rec.data.length;
     this.#cache.touch(obj, meta);
     if (this.#cache.overBudget()) this.#cache.shrink(this.#evict, obj);
@@ -492,26 +516,41 @@ export class Connection implements Jar, AsyncDisposable {
   }
 
   #request(work: Array<[Persistent, Meta]>, snaps: Array<ObjectSnapshot | null>): CommitRequest {
-    const records = work.map(([obj, meta], i) => {
+    // Plain loops: this runs once per written object, and closures made per record cost
+    // extra where code is compiled with esbuild's keepNames (tsx).
+    const records: RecordToStore[] = new Array(work.length);
+    const written = new Set<Oid>();
+    for (let i = 0; i < work.length; i++) {
+      const [obj, meta] = work[i]!;
       const snap = snaps[i];
-      const data =
-        snap === null || snap === undefined
-          ? originalOf(obj as BrokenObject)!
-          : writeEnvelope({
-              className: snap.info.name,
-              classVersion: snap.info.version,
-              refOids: snap.refs.map((r) => metaOf(r).oid),
-              refPaths: snap.refPaths,
-              refClasses: snap.refs.map((r) => classNameOf(r)),
-              shared: snap.shared,
-              state: snap.state,
-            });
-      return { oid: meta.oid, serial: meta.state === NEW ? 0 : meta.serial, data };
-    });
-    const written = new Set(records.map((r) => r.oid));
-    const readCurrent = [...this.#readCurrent.values()]
-      .filter((m) => !written.has(m.oid))
-      .map((m) => ({ oid: m.oid, serial: m.serial }));
+      let data: Uint8Array;
+      if (snap === null || snap === undefined) {
+        data = originalOf(obj as BrokenObject)!;
+      } else {
+        const n = snap.refs.length;
+        const refOids: Oid[] = new Array(n);
+        const refClasses: string[] = new Array(n);
+        for (let j = 0; j < n; j++) {
+          const r = snap.refs[j]!;
+          const rm = metaOf(r);
+          refOids[j] = rm.oid;
+          refClasses[j] = rm.className !== "" ? rm.className : persistentInfo(r).name;
+        }
+        data = writeEnvelope({
+          className: snap.info.name,
+          classVersion: snap.info.version,
+          refOids,
+          refPaths: snap.refPaths,
+          refClasses,
+          shared: snap.shared,
+          state: snap.state,
+        });
+      }
+      records[i] = { oid: meta.oid, serial: meta.state === NEW ? 0 : meta.serial, data };
+      written.add(meta.oid);
+    }
+    const readCurrent: Array<{ oid: Oid; serial: Tid }> = [];
+    for (const m of this.#readCurrent.values()) if (!written.has(m.oid)) readCurrent.push({ oid: m.oid, serial: m.serial });
     return { records, readCurrent };
   }
 
@@ -588,9 +627,9 @@ export class Connection implements Jar, AsyncDisposable {
   }
 }
 
-function classNameOf(p: Persistent): string {
-  const m = metaOf(p);
-  return m.className !== "" ? m.className : persistentInfo(p).name;
+/** A copy (Buffer's own `slice` would be a view of the same memory). */
+function copyBytes(bytes: Uint8Array): Uint8Array {
+  return Uint8Array.prototype.slice.call(bytes);
 }
 
 function toStorageConflict(c: ConflictDetail): StorageConflict {

@@ -144,7 +144,9 @@ function definerFor(keys: string[]): Definer {
   const id = keys.join("\u0000");
   let d = definers.get(id);
   if (d === undefined) {
-    const fields = keys.map((_, i) => `[K[${i}]] = cur[K[${i}]];`).join("\n");
+    // Plain identifiers become named fields (the fastest define); others stay computed.
+    const named = (k: string) => /^[A-Za-z_$][\w$]*$/.test(k) && k !== "constructor" && k !== "prototype";
+    const fields = keys.map((k, i) => (named(k) ? `${k} = cur.${k};` : `[K[${i}]] = cur[K[${i}]];`)).join("\n");
     d = new Function(
       "Returner",
       "K",

@@ -58,6 +58,20 @@ export class MemoryStorage implements Storage {
     return oids.map((oid) => this.#newestAtOrBefore(oid, at));
   }
 
+  loadOneSync(oid: Oid, at: Tid, borrow: boolean): StoredRecord | null {
+    this.#checkOpen();
+    checkOid(oid);
+    checkTid(at, "at");
+    if (!borrow) return this.#newestAtOrBefore(oid, at);
+    const revisions = this.#revisions.get(oid);
+    if (revisions === undefined) return null;
+    for (let i = revisions.length - 1; i >= 0; i--) {
+      const r = revisions[i]!;
+      if (r.serial <= at) return { oid, serial: r.serial, data: r.data }; // lent, not copied
+    }
+    return null;
+  }
+
   async loadBefore(oid: Oid, before: Tid): Promise<StoredRecord | null> {
     this.#checkOpen();
     checkOid(oid);

@@ -108,6 +108,12 @@ export interface Storage {
   load(oids: readonly Oid[], at: Tid): Promise<Array<StoredRecord | null>>;
   /** Same as `load`, synchronously; present when `capabilities.synchronous`. */
   loadSync?(oids: readonly Oid[], at: Tid): Array<StoredRecord | null>;
+  /**
+   * One object, synchronously: the path of a ghost being touched. With `borrow`, `data`
+   * may be a view into the storage's own memory, valid only until the next call on this
+   * storage; the caller must decode or copy it at once. Same semantics as `load`.
+   */
+  loadOneSync?(oid: Oid, at: Tid, borrow: boolean): StoredRecord | null;
 
   /** The newest revision of `oid` with serial < `before`, or `null`. Needs history. */
   loadBefore(oid: Oid, before: Tid): Promise<StoredRecord | null>;

@@ -115,6 +115,11 @@ export function revisionData(bytes: Buffer): Uint8Array {
   return Uint8Array.prototype.slice.call(bytes, SERIAL_BYTES, bytes.length);
 }
 
+/** The record inside a REVISION without copying: valid only as long as `bytes` is. */
+export function revisionView(bytes: Buffer): Uint8Array {
+  return new Uint8Array(bytes.buffer, bytes.byteOffset + SERIAL_BYTES, bytes.length - SERIAL_BYTES);
+}
+
 /** A copy of a whole REVISION, to move it into "history" unchanged. */
 export function copyRevision(bytes: Buffer): Buffer {
   return Buffer.from(bytes.subarray(0, bytes.length));

@@ -157,6 +157,24 @@ export class LmdbStorage implements Storage {
     return out;
   }
 
+  loadOneSync(oid: Oid, at: Tid, borrow: boolean): StoredRecord | null {
+    this.#checkOpen();
+    checkOid(oid);
+    checkTid(at, "at");
+    if (at > this.#knownTid) this.#refresh();
+    try {
+      if (borrow) {
+        const current = this.#db.current.getBinaryFast(oid);
+        if (current === undefined) return null;
+        const serial = L.revisionSerial(current, oid);
+        if (serial <= at) return { oid, serial, data: L.revisionView(current) };
+      }
+      return this.#loadAt(oid, at);
+    } catch (err) {
+      throw this.#readFailure(err, oid);
+    }
+  }
+
   async loadBefore(oid: Oid, before: Tid): Promise<StoredRecord | null> {
     this.#checkOpen();
     checkOid(oid);
