@@ -99,11 +99,18 @@ const kind = process.argv[2];
 if (kind === "plain" || kind === "persistent") {
   process.stdout.write(JSON.stringify(await variant(kind)));
 } else {
+  // V8 does not always settle on the same hidden classes and code for the same program, so
+  // each variant runs in 5 processes (interleaved) and the medians are compared.
   const self = fileURLToPath(import.meta.url);
   const run = (k: string) =>
     JSON.parse(execFileSync(process.execPath, ["--import", "tsx", self, k], { encoding: "utf8" })) as { read: number; write: number };
-  const plain = run("plain");
-  const pers = run("persistent");
+  const runs: Record<string, Array<{ read: number; write: number }>> = { plain: [], persistent: [] };
+  for (let i = 0; i < 5; i++) for (const k of ["plain", "persistent"]) runs[k]!.push(run(k));
+  const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+  const pick = (k: string) => ({ read: med(runs[k]!.map((r) => r.read)), write: med(runs[k]!.map((r) => r.write)) });
+  const plain = pick("plain");
+  const pers = pick("persistent");
+  console.error("persistent reads, ns/object, per process:", runs.persistent!.map((r) => r.read.toFixed(1)).join(" "));
   const perObj = (ns: number) => `${ns.toFixed(2)} ns/object (${(1e9 / ns / 1e6).toFixed(1)}M objects/s)`;
   console.log("| access (5 fields read, 2 written per object) | plain object | loaded persistent object | ratio |");
   console.log("|---|---|---|---|");

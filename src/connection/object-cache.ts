@@ -11,20 +11,24 @@
  *   several times a Map entry, and most ghosts are loaded soon after they are made (a
  *   traversal), so ghosts move to `#weak` only when they are evicted or when the nursery
  *   outgrows its bound (`#demoteGhosts`), which keeps memory bounded.
- * - `#loaded` holds every object whose state is in memory (saved or changed), strongly, in
- *   the order of last use (load, change, commit); its size and `#bytes` are what
- *   `cacheSize` and `cacheBytes` bound.
+ * - The LRU list (`#head` … `#tail`, linked through each object's Meta) holds every object
+ *   whose state is in memory (saved or changed), strongly, least recently used first
+ *   (use = load, change, commit); its length and `#bytes` are what `cacheSize` and
+ *   `cacheBytes` bound. A linked list makes touching and evicting O(1) (a Map's insertion
+ *   order degrades when entries are deleted at its front over and over).
  * - Only unchanged objects are evicted; the connection decides what "unchanged" means
  *   (it dirty-checks candidates) through the `evict` callback.
  */
-import type { Meta, Persistent } from "../persistent/persistent.ts";
+import { metaOf, type Meta, type Persistent } from "../persistent/persistent.ts";
 import type { Oid } from "../storage/storage.ts";
 
 export class ObjectCache {
   #strong = new Map<Oid, Persistent>();
   #weak = new Map<Oid, WeakRef<Persistent>>();
   #sweepAt = 1024;
-  #loaded = new Map<Persistent, Meta>();
+  #head: Meta | null = null;
+  #tail: Meta | null = null;
+  #count = 0;
   #bytes = 0;
 
   constructor(
@@ -46,7 +50,7 @@ export class ObjectCache {
   add(oid: Oid, obj: Persistent): void {
     this.#weak.delete(oid);
     this.#strong.set(oid, obj);
-    if (this.#strong.size > this.#loaded.size + 2 * this.cacheSize + 1024) this.#demoteGhosts();
+    if (this.#strong.size > this.#count + 2 * this.cacheSize + 1024) this.#demoteGhosts();
   }
 
   remove(oid: Oid): void {
@@ -64,7 +68,7 @@ export class ObjectCache {
 
   /** Move every ghost of the nursery to the weak map. */
   #demoteGhosts(): void {
-    for (const [oid, obj] of this.#strong) if (!this.#loaded.has(obj)) this.demote(oid, obj);
+    for (const [oid, obj] of this.#strong) if (metaOf(obj).lruObj === null) this.demote(oid, obj);
   }
 
   /** Drop weak entries of collected objects; amortised by doubling the threshold. */
@@ -75,29 +79,54 @@ export class ObjectCache {
 
   /** Record that `obj` holds its state in memory and was just used. */
   touch(obj: Persistent, meta: Meta): void {
-    const had = this.#loaded.get(obj);
-    if (had !== undefined) this.#loaded.delete(obj);
-    else this.#bytes += meta.size;
-    this.#loaded.set(obj, meta);
+    if (meta.lruObj !== null) {
+      if (this.#tail === meta) return;
+      this.#unlink(meta);
+    } else {
+      meta.lruObj = obj;
+      this.#count++;
+      this.#bytes += meta.size;
+    }
+    meta.lruPrev = this.#tail;
+    meta.lruNext = null;
+    if (this.#tail !== null) this.#tail.lruNext = meta;
+    else this.#head = meta;
+    this.#tail = meta;
   }
 
   /** Forget `obj` as loaded (it became a ghost or was dropped). */
-  unload(obj: Persistent, meta: Meta): void {
-    if (this.#loaded.delete(obj)) this.#bytes -= meta.size;
+  unload(_obj: Persistent, meta: Meta): void {
+    if (meta.lruObj === null) return;
+    this.#unlink(meta);
+    meta.lruObj = null;
+    this.#count--;
+    this.#bytes -= meta.size;
   }
 
-  /** Loaded objects, least recently used first (a snapshot: safe to unload while iterating). */
+  #unlink(meta: Meta): void {
+    const { lruPrev: prev, lruNext: next } = meta;
+    if (prev !== null) prev.lruNext = next;
+    else this.#head = next;
+    if (next !== null) next.lruPrev = prev;
+    else this.#tail = prev;
+    meta.lruPrev = null;
+    meta.lruNext = null;
+  }
+
+  /** Loaded objects, least recently used first (a snapshot: safe to change the cache meanwhile). */
   loadedObjects(): Array<[Persistent, Meta]> {
-    return [...this.#loaded];
+    const out: Array<[Persistent, Meta]> = [];
+    for (let m = this.#head; m !== null; m = m.lruNext) out.push([m.lruObj!, m]);
+    return out;
   }
 
-  /** Loaded objects, least recently used first (live: do not unload while iterating). */
-  loadedEntries(): IterableIterator<[Persistent, Meta]> {
-    return this.#loaded.entries();
+  /** Loaded objects, least recently used first (also a snapshot). */
+  loadedEntries(): Array<[Persistent, Meta]> {
+    return this.loadedObjects();
   }
 
   get loadedCount(): number {
-    return this.#loaded.size;
+    return this.#count;
   }
 
   get loadedBytes(): number {
@@ -109,7 +138,7 @@ export class ObjectCache {
   }
 
   overBudget(): boolean {
-    return this.#loaded.size > this.cacheSize || this.#bytes > this.cacheBytes;
+    return this.#count > this.cacheSize || this.#bytes > this.cacheBytes;
   }
 
   /**
@@ -122,18 +151,14 @@ export class ObjectCache {
     // Look at a bounded number of entries: when most loaded objects are changed (a large
     // transaction on a small cache), scanning them all on every load would be quadratic.
     // The cache then stays over budget until the transaction ends.
-    const excess = Math.max(this.#loaded.size - this.cacheSize, 1);
-    let budget = Math.min(this.#loaded.size, 2 * excess + 32);
+    const excess = Math.max(this.#count - this.cacheSize, 1);
+    let budget = Math.min(this.#count, 2 * excess + 32);
     while (this.overBudget() && budget-- > 0) {
-      const first = this.#loaded.entries().next();
-      if (first.done) return;
-      const [obj, meta] = first.value;
-      if (obj === keep || !evict(obj, meta)) {
-        this.#loaded.delete(obj);
-        this.#loaded.set(obj, meta);
-      } else {
-        this.unload(obj, meta);
-      }
+      const meta = this.#head;
+      if (meta === null) return;
+      const obj = meta.lruObj!;
+      if (obj === keep || !evict(obj, meta)) this.touch(obj, meta);
+      else this.unload(obj, meta);
     }
   }
 
@@ -141,7 +166,14 @@ export class ObjectCache {
   clear(): void {
     this.#strong.clear();
     this.#weak.clear();
-    this.#loaded.clear();
+    for (let m = this.#head; m !== null; ) {
+      const next = m.lruNext;
+      m.lruPrev = m.lruNext = null;
+      m.lruObj = null;
+      m = next;
+    }
+    this.#head = this.#tail = null;
+    this.#count = 0;
     this.#bytes = 0;
   }
 }

@@ -76,6 +76,10 @@ export class Meta {
   size = 0;
   /** Where the object was reached from (for strict-mode messages): `Class#oid.prop`. */
   via: string | null = null;
+  /** The connection cache's LRU list of loaded objects (see object-cache.ts). */
+  lruPrev: Meta | null = null;
+  lruNext: Meta | null = null;
+  lruObj: Persistent | null = null;
 }
 
 let metaOfImpl: (obj: Persistent) => Meta;
