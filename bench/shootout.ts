@@ -16,6 +16,8 @@ class Item extends Persistent {
 
 const N = 10_000;
 const RUNS = Number(argValue("--runs", "3"));
+// One run first whose figures are dropped: it measures V8 compiling the code, not amberdb.
+const WARMUP = Number(argValue("--warmup", "1"));
 const storage = argValue("--storage", "memory:");
 
 function readAll(tree: BTree<number, Item>): number {
@@ -28,7 +30,8 @@ function readAll(tree: BTree<number, Item>): number {
 }
 
 const results: Record<string, Phase[]> = { add: [], update: [], cold: [], warm: [], hot: [] };
-for (let run = 0; run < RUNS; run++) {
+for (let run = 0; run < WARMUP + RUNS; run++) {
+  if (run === WARMUP) for (const k of Object.keys(results)) results[k] = [];
   const target = makeTarget(storage);
   let db = await target.open();
   let conn = db.open({ cacheSize: 100_000 });

@@ -155,6 +155,42 @@ describe.each(storages)("transactions on $name", ({ url }) => {
     await db.close();
   });
 
+  it("bounds the cache by bytes too (cacheBytes)", async () => {
+    const db = await setup();
+    await db.transact((root) => {
+      const m = new PersistentMap<number, Order>();
+      for (let i = 0; i < 200; i++) m.set(i, Object.assign(new Order(i), { note: "x".repeat(1000) }));
+      root.set("big", m);
+    });
+    const conn = db.open({ cacheSize: 100_000, cacheBytes: 20_000 });
+    const m = conn.root().get("big") as PersistentMap<number, Order>;
+    let total = 0;
+    for (const [, o] of m) total += (o as any).note.length;
+    expect(total).toBe(200_000);
+    // Each record is over 1,000 bytes: about 20 fit (plus the map itself and the root).
+    expect(conn.cacheInfo.bytes).toBeLessThanOrEqual(20_000 + 2_000);
+    expect(conn.cacheInfo.loaded).toBeLessThan(25);
+    await db.close();
+  });
+
+  it("counts cache hits for objects already loaded", async () => {
+    const db = await setup();
+    await db.transact((root) => {
+      const o = new Order(1);
+      root.set("a", o);
+      root.set("b", o);
+    });
+    const conn = fresh(db);
+    const root = conn.root();
+    void (root.get("a") as Order).total;
+    conn.resetStats();
+    const again = conn.get(oidOf(root.get("a") as Order)!);
+    expect(again).toBe(root.get("b"));
+    expect(conn.stats.cacheHits).toBeGreaterThanOrEqual(1);
+    expect(conn.stats.loads).toBe(0);
+    await db.close();
+  });
+
   it("reuses closed connections with their caches", async () => {
     const db = await setup();
     await db.transact((root) => root.set("o", new Order(1)));
