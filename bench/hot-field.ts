@@ -7,19 +7,11 @@
  */
 import { execFileSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
-import { DB, Persistent, persistent } from "../src/index.ts";
+import { DB } from "../src/index.ts";
+import { Item as HotItem, fillItem as fill } from "./model.ts";
 
 const N = 10_000;
 const ROUNDS = 400;
-
-@persistent("bench.HotItem")
-class HotItem extends Persistent {
-  i = 0;
-  s = "";
-  f = 0;
-  l: number[] = [];
-  ref: HotItem | null = null;
-}
 
 class PlainItem {
   i = 0;
@@ -67,14 +59,6 @@ function best(a: Shape[], fn: (a: Shape[]) => number): number {
   }
   if (sink === -1) console.log(sink);
   return bestNs / N;
-}
-
-function fill<T extends Shape>(o: T, i: number): T {
-  o.i = i;
-  o.s = `item-${String(i).padStart(15, "0")}`;
-  o.f = i * 1.5;
-  o.l = [i, i + 1, i + 2];
-  return o;
 }
 
 async function variant(kind: string): Promise<{ read: number; write: number }> {

@@ -2,17 +2,9 @@
  * Workload a (shootout), as BENCH.md describes: add, update, cold, warm, hot over 10,000
  * Items in a BTree keyed by int.  `tsx bench/shootout.ts --storage memory:|embedded`
  */
-import { BTree, Persistent, persistent } from "../src/index.ts";
+import { BTree } from "../src/index.ts";
 import { argValue, labelOf, makeTarget, phase, report, type Phase } from "./lib.ts";
-
-@persistent("bench.Item")
-class Item extends Persistent {
-  i = 0;
-  s = "";
-  f = 0;
-  l: number[] = [];
-  ref: Item | null = null;
-}
+import { Item, fillItem } from "./model.ts";
 
 const N = 10_000;
 const RUNS = Number(argValue("--runs", "3"));
@@ -40,11 +32,7 @@ for (let run = 0; run < WARMUP + RUNS; run++) {
       const tree = new BTree<number, Item>();
       const items: Item[] = [];
       for (let i = 0; i < N; i++) {
-        const it = new Item();
-        it.i = i;
-        it.s = `item-${String(i).padStart(15, "0")}`;
-        it.f = i * 1.5;
-        it.l = [i, i + 1, i + 2];
+        const it = fillItem(new Item(), i);
         items.push(it);
         tree.set(i, it);
       }

@@ -4,17 +4,9 @@
  *   tsx bench/tools/profile-phase.ts cold|add|hot [--storage embedded|memory:]
  */
 import { Session } from "node:inspector/promises";
-import { BTree, Persistent, persistent } from "../../src/index.ts";
+import { BTree } from "../../src/index.ts";
 import { argValue, makeTarget } from "../lib.ts";
-
-@persistent("bench.ProfItem")
-class Item extends Persistent {
-  i = 0;
-  s = "";
-  f = 0;
-  l: number[] = [];
-  ref: Item | null = null;
-}
+import { Item, fillItem } from "../model.ts";
 const N = 10_000;
 const which = process.argv[2] ?? "cold";
 const target = makeTarget(argValue("--storage", "embedded"));
@@ -28,8 +20,7 @@ async function build(): Promise<void> {
   const tree = new BTree<number, Item>();
   const items: Item[] = [];
   for (let i = 0; i < N; i++) {
-    const it = new Item();
-    Object.assign(it, { i, s: `item-${String(i).padStart(15, "0")}`, f: i * 1.5, l: [i, i + 1, i + 2] });
+    const it = fillItem(new Item(), i);
     items.push(it);
     tree.set(i, it);
   }
