@@ -79,6 +79,8 @@ export interface ConnectionHost {
   readonly storage: Storage;
   /** A connection was closed: take it back into the pool. */
   release(conn: Connection): void;
+  /** A connection moved to snapshot `tid`: new connections can start there. */
+  noteTid(tid: Tid): void;
 }
 
 const emptyStats = (): ConnectionStats => ({
@@ -268,7 +270,10 @@ export class Connection implements Jar, AsyncDisposable {
       const request = this.#request(work, snaps);
       this.stats.roundTrips++;
       const conflicts = await this.#storage.vote(request);
-      if (conflicts.length > 0) throw this.#conflictError(conflicts, work);
+      if (conflicts.length > 0) {
+        await this.#storage.abort(request); // a storage that locks at vote releases here
+        throw this.#conflictError(conflicts, work);
+      }
       this.stats.roundTrips++;
       let tid: Tid;
       try {
@@ -624,6 +629,7 @@ export class Connection implements Jar, AsyncDisposable {
       }
     }
     this.#tid = Math.max(this.#tid, changes.tid);
+    this.#host.noteTid(this.#tid);
   }
 }
 

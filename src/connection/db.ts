@@ -163,6 +163,11 @@ export class DB implements ConnectionHost, AsyncDisposable {
     this.#pool.push(conn);
   }
 
+  /** @internal */
+  noteTid(tid: Tid): void {
+    if (tid > this.#tid) this.#tid = tid;
+  }
+
   #assertOpen(): void {
     if (this.#closed) throw new TransactionError("the database is closed", "closed");
   }
