@@ -64,10 +64,14 @@ let peak = 0;
 // until the job ends, so evicted ghosts are only collectable once the traversal yields:
 // `--yield-every N` awaits the event loop every N objects (0 = one synchronous traversal).
 const yieldEvery = Number(argValue("--yield-every", "0"));
+// Objects holding nested containers (these items have a `tags` array) are evicted at
+// transaction boundaries or by cacheGC(); a long read-only traversal calls it now and then.
+const gcEvery = Number(argValue("--gc-every", "10000"));
 for (const list of conn.root().get("chunks") as PersistentList<PersistentList<MemItem>>) {
   for (const it of list) {
     sum += it.i + it.name.length + it.payload.length + it.tags.length;
     count++;
+    if (gcEvery > 0 && count % gcEvery === 0) conn.cacheGC();
     if (count % 10_000 === 0) {
       peak = Math.max(peak, process.memoryUsage().heapUsed);
       if (yieldEvery > 0 && count % yieldEvery === 0) await new Promise((r) => setImmediate(r));
@@ -75,15 +79,19 @@ for (const list of conn.root().get("chunks") as PersistentList<PersistentList<Me
   }
 }
 const ms = now() - t0;
+const loadedAtEnd = conn.cacheInfo.loaded;
+conn.abort(); // the read-only transaction ends: the cache is trimmed to cacheSize
 const peakLoaded = conn.cacheInfo.loaded;
 await new Promise((r) => setImmediate(r)); // end the job, then collect
 const after = heap();
 if (count !== TOTAL) throw new Error(`traversed ${count}, expected ${TOTAL}`);
 console.log(
   `| memory | ${labelOf(storage)} | traverse ${TOTAL.toLocaleString("en")} objects, cacheSize 10,000 | ` +
-    `${ms.toFixed(0)} ms | ${yieldEvery > 0 ? `yielding every ${yieldEvery}` : "one synchronous pass"} | ` +
+    `${ms.toFixed(0)} ms | ${gcEvery > 0 ? `cacheGC() every ${gcEvery}` : "no cacheGC"}, ` +
+    `${yieldEvery > 0 ? `yielding every ${yieldEvery}` : "one synchronous pass"} | ` +
+    `loaded before / after the transaction ended ${loadedAtEnd} / ${peakLoaded} | ` +
     `heap growth after GC ${((after - before) / 2 ** 20).toFixed(1)} MiB | peak during ${((peak - before) / 2 ** 20).toFixed(1)} MiB (no forced GC) | ` +
-    `loaded objects at end ${peakLoaded} | known ${conn.cacheInfo.known} |`,
+    `known ${conn.cacheInfo.known} |`,
 );
 if (sum < 0) console.log(sum);
 await conn.close();

@@ -12,6 +12,7 @@
  *   2     [className, fields]         an instance of a registered value class
  *   3     nil                         negative zero (MessagePack integers cannot hold it)
  *   5     [k1, v1, k2, v2, ...]       a Map (in plain mode, see below)
+ *   6     binary                      a Node Buffer (a Uint8Array comes back as one)
  *
  * Two writers: states whose walk found a container reached twice (shared or cyclic) are
  * written in msgpackr's structured-clone mode, which needs its "records" encoding of
@@ -43,6 +44,11 @@ export class BrokenValue {
 class NegativeZero {}
 const NEG_ZERO = new NegativeZero();
 
+/** A Buffer, so it comes back as a Buffer (MessagePack binary comes back as Uint8Array). */
+class BufferBox {
+  constructor(readonly bytes: Uint8Array) {}
+}
+
 /** A Map on its way into plain mode (extension 5). */
 class MapBox {
   constructor(readonly map: Map<unknown, unknown>) {}
@@ -68,6 +74,7 @@ interface EncodeContext {
   containers: boolean;
   negZero: boolean;
   maps: boolean;
+  buffers: boolean;
   shared: boolean;
   /** The first container met, then a Set once there is a second (most states have one). */
   first: object | null;
@@ -119,6 +126,13 @@ addExtension({
     for (let i = 0; i < flat.length; i += 2) map.set(flat[i], flat[i + 1]);
     return map;
   },
+});
+
+addExtension({
+  Class: BufferBox,
+  type: 6,
+  write: (box: BufferBox) => box.bytes,
+  read: (bytes: Uint8Array) => Buffer.from(bytes),
 });
 
 let persistentExtensionAdded = false;
@@ -217,6 +231,7 @@ function walkAndPack(
     containers: false,
     negZero: false,
     maps: false,
+    buffers: false,
     shared: false,
     first: null,
     seen: null,
@@ -240,7 +255,7 @@ function walkAndPack(
 
 function pack(ctx: EncodeContext, state: Record<string, unknown>): EncodedState {
   const boxMaps = !ctx.shared && ctx.maps;
-  const value = ctx.negZero || boxMaps ? replaceSpecial(state, new Map(), boxMaps) : state;
+  const value = ctx.negZero || boxMaps || ctx.buffers ? replaceSpecial(state, new Map(), boxMaps) : state;
   encoding = ctx;
   try {
     const packr = ctx.shared ? cloningPackr : plainPackr;
@@ -368,12 +383,13 @@ function walk(ctx: EncodeContext, v: unknown, top: string): void {
   if (obj instanceof Date || obj instanceof RegExp) return;
   if (ArrayBuffer.isView(obj)) {
     if (obj instanceof DataView) fail(ctx, "DataView cannot be stored; store its bytes as a Uint8Array");
+    if (Buffer.isBuffer(obj)) ctx.buffers = true;
     return;
   }
   if (obj instanceof BrokenValue) return;
-  const cls = (obj as { constructor?: Function }).constructor;
+  const cls = (proto as { constructor?: Function } | null)?.constructor;
   const info = typeof cls === "function" ? infoOfClass(cls) : undefined;
-  if (info !== undefined && info.kind === "value" && Object.getPrototypeOf(obj) === cls!.prototype) {
+  if (info !== undefined && info.kind === "value" && proto === cls!.prototype) {
     ensureValueExtension(cls!, info.name);
     walkFields(ctx, obj as Record<string, unknown>, top);
     return;
@@ -395,6 +411,8 @@ function walk(ctx: EncodeContext, v: unknown, top: string): void {
 function walkFields(ctx: EncodeContext, obj: Record<string, unknown>, top: string): void {
   const stack = ctx.stack;
   for (const key of Object.keys(obj)) {
+    // Decoders rename or drop it (it would set the prototype): refuse it rather than lose it.
+    if (key === "__proto__") fail(ctx, 'a property named "__proto__" cannot be stored (use a Map for arbitrary keys)');
     if (stack !== null) stack.push(key);
     walk(ctx, obj[key], top);
     if (stack !== null) stack.pop();
@@ -478,6 +496,11 @@ function replaceSpecial(v: unknown, copies: Map<object, unknown>, boxMaps: boole
     copies.set(v, out);
     for (const member of v) out.add(replaceSpecial(member, copies, boxMaps));
     return out;
+  }
+  if (Buffer.isBuffer(v)) {
+    const box = new BufferBox(new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
+    copies.set(v, box);
+    return box;
   }
   if (v instanceof Date || v instanceof RegExp || ArrayBuffer.isView(v) || v instanceof BrokenValue) return v;
   const out = Object.create(Object.getPrototypeOf(v) as object) as Record<string, unknown>;

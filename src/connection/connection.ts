@@ -229,7 +229,7 @@ export class Connection implements Jar, AsyncDisposable {
 
   /** @internal */
   isDirty(obj: Persistent, meta: Meta): boolean {
-    return meta.state === CHANGED || (meta.state === SAVED && differs(obj, meta));
+    return meta.state === CHANGED || (meta.state === SAVED && !(obj instanceof BrokenObject) && differs(obj, meta));
   }
 
   /** @internal */
@@ -284,6 +284,16 @@ export class Connection implements Jar, AsyncDisposable {
       }
       this.stats.commits++;
       const inFlight = this.#committed(work, snaps, request, tid);
+      // Objects outside the commit that were assigned to while it was in flight: their
+      // change belongs to no transaction (top-level assignments; see README).
+      const written = new Set<Meta>();
+      for (const [, m] of work) written.add(m);
+      for (const [obj, meta] of this.#cache.loadedObjects()) {
+        if (!written.has(meta) && meta.state === SAVED && differs(obj, meta, false)) {
+          inFlight.push(`${meta.className}#${meta.oid}`);
+          this.#ghostify(obj, meta);
+        }
+      }
       this.#committing = false;
       this.#readCurrent.clear();
       this.#begin(tid);
@@ -343,7 +353,18 @@ export class Connection implements Jar, AsyncDisposable {
     this.#cache.clear();
   }
 
-  /** Evict every unchanged loaded object back to a ghost. */
+  /**
+   * Trim the cache to `cacheSize`/`cacheBytes` now, in the middle of a transaction,
+   * evicting least-recently-used unchanged objects, including ones with nested arrays, Maps
+   * or Sets (which happens automatically only at transaction boundaries). Do not keep
+   * using a nested container taken from an object across this call: if its object was
+   * evicted, changes to the container are not seen. For long read-only traversals.
+   */
+  cacheGC(): void {
+    if (this.#cache.overBudget()) this.#cache.shrink(this.#evict);
+  }
+
+  /** Evict every unchanged loaded object back to a ghost (the caveat of `cacheGC` applies). */
   cacheMinimize(): void {
     for (const [obj, meta] of this.#cache.loadedObjects()) this.#evict(obj, meta);
   }
@@ -425,7 +446,9 @@ export class Connection implements Jar, AsyncDisposable {
       });
     }
     // Copy what is kept before anything else runs (an upgrade hook may load other objects).
-    const containers = !isSelfTracking(obj) && holdsContainers(state, isPersistent);
+    // A BrokenObject is never compared (it is written back byte-for-byte, and only after
+    // markChanged); other objects with nested containers keep their state bytes to compare.
+    const containers = !(obj instanceof BrokenObject) && !isSelfTracking(obj) && holdsContainers(state, isPersistent);
     meta.bytes = containers ? copyBytes(env.state) : null;
     let upgraded = false;
     const info = classByName(env.className);
@@ -445,9 +468,9 @@ export class Connection implements Jar, AsyncDisposable {
     meta.origKeys = Object.keys(state).length;
     meta.refs = refs;
     meta.containers = containers;
-    meta.size = rec.data.length;
+    this.#cache.resize(meta, rec.data.length);
     this.#cache.touch(obj, meta);
-    if (this.#cache.overBudget()) this.#cache.shrink(this.#evict, obj);
+    if (this.#cache.overBudget()) this.#cache.shrink(this.#evictFlat, obj, 16);
   }
 
   #refsOf(env: ParsedEnvelope): Persistent[] {
@@ -457,9 +480,17 @@ export class Connection implements Jar, AsyncDisposable {
     return refs;
   }
 
+  /**
+   * Eviction in the middle of a transaction: only objects without nested containers. The
+   * application may still hold an array or Map taken from an object and change it later;
+   * evicting that object would detach the container and lose the change. Objects with
+   * containers are trimmed at transaction boundaries (or by an explicit `cacheGC()`).
+   */
+  #evictFlat = (obj: Persistent, meta: Meta): boolean => !meta.containers && this.#evict(obj, meta);
+
   #evict = (obj: Persistent, meta: Meta): boolean => {
     if (meta.state !== SAVED) return false;
-    if (differs(obj, meta)) {
+    if (this.isDirty(obj, meta)) {
       meta.state = CHANGED;
       return false;
     }
@@ -569,7 +600,7 @@ export class Connection implements Jar, AsyncDisposable {
       const wasNew = meta.state === NEW;
       meta.serial = tid;
       meta.state = SAVED;
-      meta.size = data.length;
+      this.#cache.resize(meta, data.length);
       if (snap !== null && snap !== undefined) {
         meta.className = snap.info.name;
         meta.orig = snap.values;

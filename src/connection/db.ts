@@ -33,6 +33,7 @@ export class DB implements ConnectionHost, AsyncDisposable {
   readonly #options: DBOptions;
   readonly #pool: Connection[] = [];
   readonly #all = new Set<Connection>();
+  readonly #unpooled = new WeakSet<Connection>();
   #closed = false;
   #tid: Tid;
 
@@ -70,7 +71,10 @@ export class DB implements ConnectionHost, AsyncDisposable {
       this.#all.add(conn);
       return conn;
     }
-    const pooled = Object.keys(options).length === 0 ? this.#pool.pop() : undefined;
+    // Only connections with the DB's own options are pooled, and only those are handed out
+    // again: a connection opened with other options is discarded when closed.
+    const plain = Object.keys(options).length === 0;
+    const pooled = plain ? this.#pool.pop() : undefined;
     if (pooled !== undefined) {
       pooled.reopen();
       return pooled;
@@ -78,6 +82,7 @@ export class DB implements ConnectionHost, AsyncDisposable {
     const conn = new Connection(this, this.#tid, { ...this.#options, ...options });
     conn.abort();
     this.#all.add(conn);
+    if (!plain) this.#unpooled.add(conn);
     return conn;
   }
 
@@ -155,7 +160,7 @@ export class DB implements ConnectionHost, AsyncDisposable {
   release(conn: Connection): void {
     if (this.#closed) return;
     const limit = this.#options.poolSize ?? 8;
-    if (conn.isHistorical || this.#pool.length >= limit) {
+    if (conn.isHistorical || this.#unpooled.has(conn) || this.#pool.length >= limit) {
       conn.discard();
       this.#all.delete(conn);
       return;

@@ -94,6 +94,12 @@ export class ObjectCache {
     this.#tail = meta;
   }
 
+  /** The record size of `meta`'s object changed (a commit wrote a new revision). */
+  resize(meta: Meta, size: number): void {
+    if (meta.lruObj !== null) this.#bytes += size - meta.size;
+    meta.size = size;
+  }
+
   /** Forget `obj` as loaded (it became a ghost or was dropped). */
   unload(_obj: Persistent, meta: Meta): void {
     if (meta.lruObj === null) return;
@@ -147,12 +153,12 @@ export class ObjectCache {
    * (which is then kept and counted as used). `keep` is never evicted (the object being
    * loaded right now).
    */
-  shrink(evict: (obj: Persistent, meta: Meta) => boolean, keep?: Persistent): void {
-    // Look at a bounded number of entries: when most loaded objects are changed (a large
-    // transaction on a small cache), scanning them all on every load would be quadratic.
-    // The cache then stays over budget until the transaction ends.
+  shrink(evict: (obj: Persistent, meta: Meta) => boolean, keep?: Persistent, maxScan = Infinity): void {
+    // Look at a bounded number of entries: when most loaded objects cannot be evicted
+    // (changed, or holding containers in the middle of a transaction), scanning them all
+    // on every load would be quadratic. The cache then stays over budget for a while.
     const excess = Math.max(this.#count - this.cacheSize, 1);
-    let budget = Math.min(this.#count, 2 * excess + 32);
+    let budget = Math.min(this.#count, 2 * excess + 32, maxScan);
     while (this.overBudget() && budget-- > 0) {
       const meta = this.#head;
       if (meta === null) return;

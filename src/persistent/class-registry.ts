@@ -113,7 +113,8 @@ export function infoOfClass(cls: Function): ClassInfo | undefined {
 
 /** @internal The registration of a persistent object's class, or a TypeError naming it. */
 export function persistentInfo(obj: Persistent): ClassInfo {
-  const cls = obj.constructor;
+  // The prototype's constructor: an own field named "constructor" must not hide the class.
+  const cls = (Object.getPrototypeOf(obj) as { constructor: Function }).constructor;
   const info = byClass.get(cls);
   if (info === undefined || info.kind !== "persistent") {
     throw new TypeError(

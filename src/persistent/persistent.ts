@@ -301,6 +301,9 @@ export function learnFields(obj: object): void {
 
 const chainEnd = new Proxy(Object.prototype, {
   get(target, key, receiver) {
+    // `await`/promise resolution probe `then`: answer without loading (a class that stores
+    // a `then` field has a learned accessor on its prototype and never gets here).
+    if (key === "then") return undefined;
     if (typeof receiver === "object" && receiver !== null && hasMetaImpl(receiver)) {
       const m = metaOfImpl(receiver as Persistent);
       if (m.state === GHOST) {
