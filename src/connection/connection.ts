@@ -12,7 +12,7 @@
  *   finish (atomic, durable). A conflict leaves the transaction's changes in place and
  *   raises `ConflictError`; `abort()` (or `db.transact`) then discards them.
  */
-import { readEnvelope, writeEnvelope, type ParsedEnvelope } from "../codec/record.ts";
+import { readEnvelope, type ParsedEnvelope } from "../codec/record.ts";
 import { decodeState } from "../codec/state.ts";
 import {
   ConflictError,
@@ -22,8 +22,8 @@ import {
   TransactionError,
   type ConflictDetail,
 } from "../errors.ts";
-import { BrokenObject, keepOriginal, originalOf } from "../persistent/broken-object.ts";
-import { classByName, persistentInfo } from "../persistent/class-registry.ts";
+import { BrokenObject, keepOriginal } from "../persistent/broken-object.ts";
+import { classByName } from "../persistent/class-registry.ts";
 import { PersistentMap } from "../persistent/persistent-map.ts";
 import {
   CHANGED,
@@ -44,7 +44,6 @@ import type {
   Changes,
   CommitRequest,
   Oid,
-  RecordToStore,
   Storage,
   StorageConflict,
   StoredRecord,
@@ -52,7 +51,8 @@ import type {
 } from "../storage/storage.ts";
 import { ROOT_OID } from "../storage/storage.ts";
 import { ObjectCache } from "./object-cache.ts";
-import { differs, dropState, holdsContainers, putState, snapshotObject, type ObjectSnapshot } from "./object-state.ts";
+import { buildRequest, conflictErrorFor, encodeChanged } from "./transaction.ts";
+import { differs, dropState, holdsContainers, putState, type ObjectSnapshot } from "./object-state.ts";
 
 export interface ConnectionOptions {
   /** Loaded objects kept in memory before the least recently used are evicted (default 10,000). */
@@ -265,21 +265,23 @@ export class Connection implements Jar, AsyncDisposable {
         this.#begin();
         return;
       }
-      const snaps = this.#encode(work, adopted);
+      const snaps = encodeChanged(this, work, adopted);
       if (adopted.length > 0) await this.#assignOids(adopted);
-      const request = this.#request(work, snaps);
+      const request = buildRequest(work, snaps, this.#readCurrent.values());
       this.stats.roundTrips++;
       const conflicts = await this.#storage.vote(request);
       if (conflicts.length > 0) {
         await this.#storage.abort(request); // a storage that locks at vote releases here
-        throw this.#conflictError(conflicts, work);
+        throw conflictErrorFor(conflicts, work, this.#readCurrent.values());
       }
       this.stats.roundTrips++;
       let tid: Tid;
       try {
         tid = await this.#storage.finish(request);
       } catch (err) {
-        if (err instanceof ConflictError) throw this.#conflictError(err.conflicts.map(toStorageConflict), work);
+        if (err instanceof ConflictError) {
+          throw conflictErrorFor(err.conflicts.map(toStorageConflict), work, this.#readCurrent.values());
+        }
         throw err;
       }
       this.stats.commits++;
@@ -516,32 +518,6 @@ export class Connection implements Jar, AsyncDisposable {
     }
   }
 
-  /** Encode the changed objects and, transitively, the new objects they reach. */
-  #encode(work: Array<[Persistent, Meta]>, adopted: Meta[]): Array<ObjectSnapshot | null> {
-    const checkRef = (p: Persistent, path: () => string): void => {
-      const m = metaOf(p);
-      if (m.jar === this) return;
-      if (m.jar === null) {
-        persistentInfo(p);
-        m.jar = this;
-        adopted.push(m);
-        work.push([p, m]);
-        return;
-      }
-      throw new TransactionError(
-        `${path()} refers to ${m.className}#${m.oid}, which belongs to another connection; ` +
-          `objects cannot move between connections (get it through this one with conn.get(${m.oid}))`,
-        "foreign-object",
-      );
-    };
-    const snaps: Array<ObjectSnapshot | null> = [];
-    for (let i = 0; i < work.length; i++) {
-      const [obj] = work[i]!;
-      snaps.push(obj instanceof BrokenObject ? null : snapshotObject(obj, checkRef));
-    }
-    return snaps;
-  }
-
   async #assignOids(adopted: Meta[]): Promise<void> {
     const s = this.#storage;
     this.stats.roundTrips++;
@@ -549,45 +525,6 @@ export class Connection implements Jar, AsyncDisposable {
     adopted.forEach((m, i) => {
       m.oid = oids[i]!;
     });
-  }
-
-  #request(work: Array<[Persistent, Meta]>, snaps: Array<ObjectSnapshot | null>): CommitRequest {
-    // Plain loops: this runs once per written object, and closures made per record cost
-    // extra where code is compiled with esbuild's keepNames (tsx).
-    const records: RecordToStore[] = new Array(work.length);
-    const written = new Set<Oid>();
-    for (let i = 0; i < work.length; i++) {
-      const [obj, meta] = work[i]!;
-      const snap = snaps[i];
-      let data: Uint8Array;
-      if (snap === null || snap === undefined) {
-        data = originalOf(obj as BrokenObject)!;
-      } else {
-        const n = snap.refs.length;
-        const refOids: Oid[] = new Array(n);
-        const refClasses: string[] = new Array(n);
-        for (let j = 0; j < n; j++) {
-          const r = snap.refs[j]!;
-          const rm = metaOf(r);
-          refOids[j] = rm.oid;
-          refClasses[j] = rm.className !== "" ? rm.className : persistentInfo(r).name;
-        }
-        data = writeEnvelope({
-          className: snap.info.name,
-          classVersion: snap.info.version,
-          refOids,
-          refPaths: snap.refPaths,
-          refClasses,
-          shared: snap.shared,
-          state: snap.state,
-        });
-      }
-      records[i] = { oid: meta.oid, serial: meta.state === NEW ? 0 : meta.serial, data };
-      written.add(meta.oid);
-    }
-    const readCurrent: Array<{ oid: Oid; serial: Tid }> = [];
-    for (const m of this.#readCurrent.values()) if (!written.has(m.oid)) readCurrent.push({ oid: m.oid, serial: m.serial });
-    return { records, readCurrent };
   }
 
   /** Bookkeeping after a successful finish; returns the objects changed while in flight. */
@@ -622,20 +559,6 @@ export class Connection implements Jar, AsyncDisposable {
       }
     });
     return inFlight;
-  }
-
-  #conflictError(conflicts: StorageConflict[], work: Array<[Persistent, Meta]>): ConflictError {
-    const names = new Map<Oid, string>();
-    for (const [, m] of work) names.set(m.oid, m.className);
-    for (const m of this.#readCurrent.values()) names.set(m.oid, m.className);
-    const details: ConflictDetail[] = conflicts.map((c) => ({
-      oid: c.oid,
-      className: names.get(c.oid) ?? "?",
-      readSerial: c.readSerial,
-      committedSerial: c.committedSerial,
-      readOnly: c.readOnly,
-    }));
-    return new ConflictError(details);
   }
 
   /** Begin a new transaction: apply invalidations, move to the newest snapshot, trim the cache. */
