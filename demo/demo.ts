@@ -13,7 +13,8 @@ import { fileURLToPath } from "node:url";
 import { ConflictError, DB, oidOf, serialOf, stateOf } from "../src/index.ts";
 import { Author, Book, Isbn } from "./model.ts";
 
-const path = "./data/demo";
+// AMBER_DEMO_PATH lets the tests run the demo in a temporary directory.
+const path = process.env.AMBER_DEMO_PATH ?? "./data/demo";
 const role = process.argv[2];
 
 if (role === "--reader") {
@@ -85,5 +86,5 @@ if (role === "--reader") {
   console.log(`   committed: "${first.title}" now has ${first.copies} copies (3 + 10 by the other process + 1 here)`);
   await conn.close();
   await db.close();
-  console.log("Done. Inspect the store with: npx amber info ./data/demo");
+  console.log(`Done. Inspect the store with: npx amber info ${path}`);
 }
