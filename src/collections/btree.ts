@@ -64,15 +64,14 @@ import {
   lastBucket,
   previousBucket,
   search,
-  seekAfter,
-  seekBefore,
   type BTreePiece,
   type BucketData,
   type NodeData,
   type Path,
 } from "./btree-bucket.ts";
 import { checkTree } from "./btree-check.ts";
-import { checkKey, compareKeys, ownKey, type BTreeKey } from "./key-compare.ts";
+import { ENTRIES, KEYS, VALUES, scan, type Bound } from "./btree-iterate.ts";
+import { checkKey, ownKey, type BTreeKey } from "./key-compare.ts";
 
 export type { BTreeKey };
 
@@ -186,17 +185,17 @@ export class BTree<K extends BTreeKey = BTreeKey, V = unknown> extends Persisten
    */
   range(options: BTreeRangeOptions<K> = {}): IterableIterator<[K, V]> {
     const { lo, hi, reverse, limit } = rangeBounds(options);
-    return scan(this, lo, hi, reverse, limit, entry);
+    return scan(rootGetter(this), lo, hi, reverse, limit, ENTRIES);
   }
 
   keys(): IterableIterator<K> {
-    return scan(this, undefined, undefined, false, Infinity, keyOf);
+    return scan(rootGetter(this), undefined, undefined, false, Infinity, KEYS);
   }
   values(): IterableIterator<V> {
-    return scan(this, undefined, undefined, false, Infinity, valueOf);
+    return scan(rootGetter(this), undefined, undefined, false, Infinity, VALUES);
   }
   entries(): IterableIterator<[K, V]> {
-    return scan(this, undefined, undefined, false, Infinity, entry);
+    return scan(rootGetter(this), undefined, undefined, false, Infinity, ENTRIES);
   }
   [Symbol.iterator](): IterableIterator<[K, V]> {
     return this.entries();
@@ -257,11 +256,6 @@ function sizeOption(n: unknown, name: string): number {
     throw new RangeError(`BTree ${name} must be an integer >= ${MIN_SIZE}, got ${got}`);
   }
   return n;
-}
-
-interface Bound {
-  key: unknown;
-  inclusive: boolean;
 }
 
 function rangeBounds<K>(options: BTreeRangeOptions<K>): { lo?: Bound; hi?: Bound; reverse: boolean; limit: number } {
@@ -408,162 +402,7 @@ function collapseRoot<K extends BTreeKey, V>(tree: BTree<K, V>): void {
   if (root !== old) writeTree(tree).root = root;
 }
 
-// ---------------------------------------------------------------------------------------
-// Iterating.
-
-function entry<K, V>(k: K, v: V): [K, V] {
-  return [k, v];
-}
-function keyOf<K, V>(k: K, _v: V): K {
-  return k;
-}
-function valueOf<K, V>(_k: K, v: V): V {
-  return v;
-}
-
-function scan<K extends BTreeKey, V, T>(
-  tree: BTree<K, V>,
-  lo: Bound | undefined,
-  hi: Bound | undefined,
-  reverse: boolean,
-  limit: number,
-  pick: (k: K, v: V) => T,
-): IterableIterator<T> {
-  if (!reverse && lo === undefined && hi === undefined && limit === Infinity) {
-    return new FullScan(tree, pick === (valueOf as unknown) ? 1 : pick === (keyOf as unknown) ? 0 : 2) as never;
-  }
-  return reverse ? backward(tree, lo, hi, limit, pick) : forward(tree, lo, hi, limit, pick);
-}
-
-/**
- * A whole-tree scan in key order (keys, values or entries): the hot path of iteration,
- * written as an iterator class because it is several times cheaper per item than a
- * generator. Like the generators it survives changes between steps: when the bucket it
- * is in changed, it seeks past the last key it returned.
- */
-class FullScan<K extends BTreeKey, V> implements IterableIterator<unknown> {
-  #tree: BTree<K, V>;
-  #kind: number;
-  #bucket: BTreeBucket<K, V> | null;
-  #data: BucketData<K, V> | null = null;
-  #i = 0;
-  #last: K | undefined = undefined;
-
-  constructor(tree: BTree<K, V>, kind: number) {
-    this.#tree = tree;
-    this.#kind = kind;
-    this.#bucket = firstBucket(tree[TREE].root);
-  }
-
-  next(): IteratorResult<unknown> {
-    for (;;) {
-      const bucket = this.#bucket;
-      if (bucket === null) return { value: undefined, done: true };
-      const d = bucket[BUCKET];
-      if (d !== this.#data) {
-        if (this.#data !== null) {
-          // The bucket's state was replaced (reloaded or changed): find our place again.
-          [this.#bucket, this.#i] = seekAfter(this.#tree[TREE].root, this.#last as K, false);
-          this.#data = null;
-          continue;
-        }
-        this.#data = d;
-      }
-      const i = this.#i;
-      if (i > 0 && d.keys[i - 1] !== this.#last) {
-        // Keys were inserted or removed before our place (or the bucket split): seek again.
-        [this.#bucket, this.#i] = seekAfter(this.#tree[TREE].root, this.#last as K, false);
-        this.#data = null;
-        continue;
-      }
-      if (i < d.keys.length) {
-        const k = d.keys[i]!;
-        this.#i = i + 1;
-        this.#last = k;
-        const kind = this.#kind;
-        return { value: kind === 1 ? d.values[i] : kind === 0 ? k : [k, d.values[i]], done: false };
-      }
-      this.#bucket = d.next;
-      this.#data = null;
-      this.#i = 0;
-    }
-  }
-
-  [Symbol.iterator](): this {
-    return this;
-  }
-}
-
-function* forward<K extends BTreeKey, V, T>(
-  tree: BTree<K, V>,
-  lo: Bound | undefined,
-  hi: Bound | undefined,
-  limit: number,
-  pick: (k: K, v: V) => T,
-): Generator<T, void, undefined> {
-  if (limit <= 0) return;
-  let [bucket, i]: [BTreeBucket<K, V> | null, number] =
-    lo === undefined ? [firstBucket(tree[TREE].root), 0] : seekAfter(tree[TREE].root, lo.key, lo.inclusive);
-  // The common cases yield straight from the bucket arrays (no callback per item).
-  const kind = pick === (valueOf as unknown) ? 1 : pick === (keyOf as unknown) ? 0 : 2;
-  let n = 0;
-  while (bucket !== null) {
-    const d: BucketData<K, V> = bucket[BUCKET];
-    const keys = d.keys;
-    const values = d.values;
-    let moved = false;
-    while (i < keys.length) {
-      const k = keys[i]!;
-      if (hi !== undefined) {
-        const c = compareKeys(k, hi.key);
-        if (c > 0 || (c === 0 && !hi.inclusive)) return;
-      }
-      yield (kind === 1 ? values[i] : kind === 0 ? k : pick(k, values[i] as V)) as T;
-      if (++n >= limit) return;
-      // The tree may have changed while suspended: go on after `k`.
-      if (bucket[BUCKET] === d && keys[i] === k) {
-        i++;
-      } else {
-        [bucket, i] = seekAfter(tree[TREE].root, k, false);
-        moved = true;
-        break;
-      }
-    }
-    if (!moved) {
-      bucket = d.next;
-      i = 0;
-    }
-  }
-}
-
-function* backward<K extends BTreeKey, V, T>(
-  tree: BTree<K, V>,
-  lo: Bound | undefined,
-  hi: Bound | undefined,
-  limit: number,
-  pick: (k: K, v: V) => T,
-): Generator<T, void, undefined> {
-  if (limit <= 0) return;
-  let bucket: BTreeBucket<K, V> | null;
-  let i: number;
-  if (hi === undefined) {
-    bucket = lastBucket(tree[TREE].root);
-    i = bucket[BUCKET].keys.length - 1;
-  } else {
-    [bucket, i] = seekBefore(tree[TREE].root, hi.key, hi.inclusive);
-  }
-  let n = 0;
-  while (bucket !== null && i >= 0) {
-    const d: BucketData<K, V> = bucket[BUCKET];
-    const k = d.keys[i]!;
-    if (lo !== undefined) {
-      const c = compareKeys(k, lo.key);
-      if (c < 0 || (c === 0 && !lo.inclusive)) return;
-    }
-    yield pick(k, d.values[i] as V);
-    if (++n >= limit) return;
-    // Step back within the bucket if it is unchanged; otherwise (or at its start) seek.
-    if (i > 0 && bucket[BUCKET].keys[i] === k) i--;
-    else [bucket, i] = seekBefore(tree[TREE].root, k, false);
-  }
+/** The current root of `tree`, read afresh each time (the tree object may be reloaded). */
+function rootGetter<K extends BTreeKey, V>(tree: BTree<K, V>): () => BTreePiece<K, V> {
+  return () => tree[TREE].root;
 }
