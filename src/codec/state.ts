@@ -3,8 +3,8 @@
  * and back. Data only: decoding never runs code from the bytes; classes come from the
  * registry by name.
  *
- * Bytes are written by msgpackr in structured-clone mode (shared references and cycles
- * among the record's plain values survive), with four extensions:
+ * Bytes are written by msgpackr (with `moreTypes` for Date, RegExp, Set, BigInt and typed
+ * arrays) and these extensions of ours:
  *
  *   type  payload                     meaning
  *   1     index into the refs table   a reference to a persistent object (the envelope's
@@ -20,6 +20,8 @@
  * three times faster, with Maps boxed as extension 5 so they are not confused with plain
  * objects. The envelope header records which writer was used.
  * A value of an unknown class is kept as `BrokenValue` and written back unchanged (as 2).
+ * Shared references and cycles among the record's plain values survive (structured clone);
+ * a property named `__proto__` is refused (decoders would rename or drop it).
  *
  * Before packing, `encodeState` walks the state once: it validates every value (a function,
  * symbol, WeakMap or unregistered class instance raises a TypeError naming the property
