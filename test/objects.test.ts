@@ -353,6 +353,25 @@ describe.each(storages)("objects on $name", ({ url }) => {
   });
 });
 
+describe("bad input to DB and Connection", () => {
+  it("names what was expected", async () => {
+    await expect(DB.open(123 as never)).rejects.toThrow(
+      new TypeError("DB.open() expects a storage URL or path (string) or a Storage object, got number"),
+    );
+    await expect(DB.open("")).rejects.toThrow(/needs a storage URL or path, got an empty string/);
+    await expect(DB.open("amber://127.0.0.1:1")).rejects.toThrow(/amber:\/\/ storage is not available/);
+    const db = await DB.open("memory:");
+    const conn = db.open();
+    expect(() => conn.get(-1)).toThrow(/oid must be a non-negative integer, got -1/);
+    expect(() => conn.get(987_654)).toThrow(/^object 987654 does not exist in the storage at snapshot \d+$/);
+    expect(() => db.open({ cacheSize: 0 })).toThrow(RangeError);
+    await expect(db.transact(() => 1, { retries: -1 })).rejects.toThrow(RangeError);
+    await db.close();
+    expect(() => db.open()).toThrow(/the database is closed/);
+    await expect(conn.commit()).rejects.toThrow(/closed connection/);
+  });
+});
+
 describe("class registration", () => {
   it("refuses two classes under one name and unregistered persistent classes, naming them", () => {
     class A extends Persistent {}

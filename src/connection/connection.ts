@@ -161,7 +161,7 @@ export class Connection implements Jar, AsyncDisposable {
       this.stats.cacheHits++;
       return known;
     }
-    const rec = this.#loadOne(oid, "object");
+    const rec = this.#loadOne(oid, "");
     const env = readEnvelope(rec.data, oid);
     const obj = this.#objectFor(oid, env.className);
     this.#install(obj, metaOf(obj), rec, env);
@@ -395,7 +395,7 @@ export class Connection implements Jar, AsyncDisposable {
     if (s.loadOneSync !== undefined) {
       this.stats.roundTrips++;
       const rec = s.loadOneSync(oid, this.#tid, true);
-      if (rec === null) throw new ObjectNotFoundError(oid, ` (a ${className} referenced at snapshot ${this.#tid})`);
+      if (rec === null) throw this.#notFound(oid, className);
       this.stats.loads++;
       this.stats.bytesRead += rec.data.length;
       return rec;
@@ -411,10 +411,15 @@ export class Connection implements Jar, AsyncDisposable {
     }
     this.stats.roundTrips++;
     const rec = load.call(this.#storage, [oid], this.#tid)[0];
-    if (rec === null || rec === undefined) throw new ObjectNotFoundError(oid, ` (a ${className} referenced at snapshot ${this.#tid})`);
+    if (rec === null || rec === undefined) throw this.#notFound(oid, className);
     this.stats.loads++;
     this.stats.bytesRead += rec.data.length;
     return rec;
+  }
+
+  #notFound(oid: Oid, className: string): ObjectNotFoundError {
+    const what = className === "" ? "" : ` (a ${className} referenced from another object)`;
+    return new ObjectNotFoundError(oid, `${what} at snapshot ${this.#tid}`);
   }
 
   /** The object for `oid`: the one this connection holds, or a new ghost of the stored class. */

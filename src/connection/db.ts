@@ -49,6 +49,11 @@ export class DB implements ConnectionHost, AsyncDisposable {
    * database is new.
    */
   static async open(target: string | Storage, options: DBOptions = {}): Promise<DB> {
+    if (typeof target !== "string" && !isStorage(target)) {
+      throw new TypeError(
+        `DB.open() expects a storage URL or path (string) or a Storage object, got ${target === null ? "null" : typeof target}`,
+      );
+    }
     const storage = typeof target === "string" ? await openStorage(target, options) : target;
     const db = new DB(storage, await storage.lastTid(), options);
     try {
@@ -189,4 +194,16 @@ export class DB implements ConnectionHost, AsyncDisposable {
       await conn.close();
     }
   }
+}
+
+function isStorage(value: unknown): value is Storage {
+  const s = value as Partial<Storage> | null;
+  return (
+    typeof s === "object" &&
+    s !== null &&
+    typeof s.lastTid === "function" &&
+    typeof s.load === "function" &&
+    typeof s.vote === "function" &&
+    typeof s.finish === "function"
+  );
 }
