@@ -2,6 +2,7 @@
  * amberdb: the public surface (SPEC.md). Everything not exported here is internal.
  */
 export { DB, type DBOptions, type TransactOptions, type HistoryEntry } from "./connection/db.ts";
+export { Group, Plan, type FollowableKeys, type Followed } from "./loading/plan.ts";
 export { Connection, type ConnectionOptions, type ConnectionStats } from "./connection/connection.ts";
 export {
   Persistent,

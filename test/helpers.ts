@@ -1,12 +1,20 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { inject } from "vitest";
 import { DB, type DBOptions } from "../src/index.ts";
+
+let served = 0;
+/** A fresh database on the run's storage server (see global-server.ts). */
+export function serverUrl(): string {
+  return `${inject("amberServer")}/t${process.pid}_${++served}`;
+}
 
 /** The storages every connection-level scenario runs on. */
 export const storages: Array<{ name: string; url: () => string }> = [
   { name: "memory", url: () => "memory:" },
   { name: "embedded", url: () => tempDir() },
+  { name: "server", url: serverUrl },
 ].filter((s) => !process.env.AMBER_TEST_STORAGES || process.env.AMBER_TEST_STORAGES.split(",").includes(s.name));
 
 const dirs: string[] = [];

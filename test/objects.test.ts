@@ -359,7 +359,9 @@ describe("bad input to DB and Connection", () => {
       new TypeError("DB.open() expects a storage URL or path (string) or a Storage object, got number"),
     );
     await expect(DB.open("")).rejects.toThrow(/needs a storage URL or path, got an empty string/);
-    await expect(DB.open("amber://127.0.0.1:1")).rejects.toThrow(/amber:\/\/ storage is not available/);
+    await expect(DB.open("postgres://127.0.0.1:1/x")).rejects.toThrow(/postgres:\/\/ storage is not available/);
+    await expect(DB.open("amber://127.0.0.1:1")).rejects.toThrow(/^cannot connect to amber:\/\/127.0.0.1:1: .*ECONNREFUSED/);
+    await expect(DB.open("amber://")).rejects.toThrow(/not a valid amber:\/\/ URL/);
     const db = await DB.open("memory:");
     const conn = db.open();
     expect(() => conn.get(-1)).toThrow(/oid must be a non-negative integer, got -1/);

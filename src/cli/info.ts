@@ -5,7 +5,7 @@ import { DB } from "../connection/db.ts";
 export function infoCommand(): Command {
   return new Command("info")
     .description("show a database's storage, last transaction and root contents")
-    .argument("<storage>", "a directory path, file: URL or memory:")
+    .argument("<storage>", "a directory path, file: URL, memory: or amber://host:port")
     .option("--json", "print JSON")
     .action(async (url: string, opts: { json?: boolean }) => {
       const db = await DB.open(url, { create: false });

@@ -5,6 +5,7 @@
 import { Command, CommanderError } from "commander";
 import { AmberError } from "../errors.ts";
 import { infoCommand } from "./info.ts";
+import { serveCommand } from "./serve.ts";
 
 const program = new Command();
 program
@@ -13,6 +14,7 @@ program
   .showHelpAfterError("(run with --help for usage)")
   .exitOverride();
 program.addCommand(infoCommand());
+program.addCommand(serveCommand());
 
 try {
   await program.parseAsync(process.argv);

@@ -37,7 +37,8 @@ const MAGIC = 0xad;
 const FORMAT = 3;
 const FIXED = 6;
 const TRAILER = 4;
-const CRC_RESIDUE = 0x2144df1c;
+/** The CRC-32 of any envelope (checksum included) whose bytes are intact. */
+export const CRC_RESIDUE = 0x2144df1c;
 
 export interface Envelope {
   className: string;
@@ -131,12 +132,16 @@ function utf8Bytes(s: string): Uint8Array {
  * Parse and verify the envelope. Raises `StorageError` naming `oid` when the bytes are not
  * an intact envelope (wrong magic, bad checksum, truncated header).
  */
-export function readEnvelope(data: Uint8Array, oid?: Oid): ParsedEnvelope {
+/**
+ * Parse an envelope, checking its checksum unless `verified` says that was done already
+ * on these very bytes (a closure's records were checked by the walk that found them).
+ */
+export function readEnvelope(data: Uint8Array, oid?: Oid, verified = false): ParsedEnvelope {
   const len = data.length;
   if (len < FIXED + TRAILER) damaged(oid, `${len} bytes, shorter than an envelope's ${FIXED + TRAILER} fixed bytes`);
   if (data[0] !== MAGIC) damaged(oid, `expected magic byte 0xad, found 0x${(data[0] ?? 0).toString(16)}`);
   if (data[1] !== FORMAT) damaged(oid, `unknown record format ${data[1]}`);
-  if (crc32(data) !== CRC_RESIDUE) damaged(oid, "checksum mismatch");
+  if (!verified && crc32(data) !== CRC_RESIDUE) damaged(oid, "checksum mismatch");
   const hlen = ((data[2]! << 24) | (data[3]! << 16) | (data[4]! << 8) | data[5]!) >>> 0;
   const end = FIXED + hlen;
   if (end > len - TRAILER) damaged(oid, `header length ${hlen} runs past the end`);
@@ -170,9 +175,38 @@ export function readEnvelope(data: Uint8Array, oid?: Oid): ParsedEnvelope {
   return new ParsedEnvelope(strings[0]!, classVersion, refOids, refPaths, refClasses, (flags & 1) === 1, data, end, len - TRAILER);
 }
 
-/** The oids a record refers to, for storages that walk the graph. */
+/**
+ * The oids a record refers to, for storages that walk the graph: the checksum and header
+ * are checked as by `readEnvelope`, but no strings are decoded.
+ */
 export function recordRefs(data: Uint8Array, oid?: Oid): Oid[] {
-  return readEnvelope(data, oid).refOids;
+  const len = data.length;
+  if (len < FIXED + TRAILER || data[0] !== MAGIC || data[1] !== FORMAT) return readEnvelope(data, oid).refOids; // raises
+  if (crc32(data) !== CRC_RESIDUE) damaged(oid, "checksum mismatch");
+  const hlen = ((data[2]! << 24) | (data[3]! << 16) | (data[4]! << 8) | data[5]!) >>> 0;
+  const end = FIXED + hlen;
+  if (end > len - TRAILER) damaged(oid, `header length ${hlen} runs past the end`);
+  const r = { pos: FIXED, data, end };
+  readVarint(r, oid);
+  r.pos++; // flags
+  const nStrings = readVarint(r, oid);
+  if (nStrings < 1 || nStrings > hlen) damaged(oid, `bad string count ${nStrings}`);
+  for (let i = 0; i < nStrings; i++) {
+    const n = readVarint(r, oid);
+    r.pos += n;
+    if (r.pos > end) damaged(oid, "string runs past the header");
+  }
+  const nRefs = readVarint(r, oid);
+  if (nRefs > hlen) damaged(oid, `bad reference count ${nRefs}`);
+  const refOids: Oid[] = new Array(nRefs);
+  for (let i = 0; i < nRefs; i++) {
+    refOids[i] = readVarint(r, oid);
+    const p = readVarint(r, oid);
+    const c = readVarint(r, oid);
+    if (p >= nStrings || c >= nStrings) damaged(oid, "reference names a missing string");
+  }
+  if (r.pos !== end) damaged(oid, "header length does not match its contents");
+  return refOids;
 }
 
 function varintSize(n: number): number {

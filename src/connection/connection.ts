@@ -24,7 +24,10 @@ import {
 } from "../errors.ts";
 import { BrokenObject, keepOriginal } from "../persistent/broken-object.ts";
 import { classByName } from "../persistent/class-registry.ts";
+import { BTree } from "../collections/btree.ts";
+import { PersistentList } from "../persistent/persistent-list.ts";
 import { PersistentMap } from "../persistent/persistent-map.ts";
+import { PersistentSet } from "../persistent/persistent-set.ts";
 import {
   CHANGED,
   GHOST,
@@ -43,6 +46,7 @@ import {
 import type {
   Changes,
   CommitRequest,
+  PlanStep,
   Oid,
   Storage,
   StorageConflict,
@@ -50,6 +54,7 @@ import type {
   Tid,
 } from "../storage/storage.ts";
 import { ROOT_OID } from "../storage/storage.ts";
+import { Plan, type Group, type PlanHost } from "../loading/plan.ts";
 import { ObjectCache } from "./object-cache.ts";
 import { buildRequest, conflictErrorFor, encodeChanged } from "./transaction.ts";
 import { differs, dropState, holdsContainers, putState, type ObjectSnapshot } from "./object-state.ts";
@@ -61,6 +66,11 @@ export interface ConnectionOptions {
   cacheBytes?: number;
   /** Open a read-only view of the database as of this tid. */
   at?: Tid;
+  /**
+   * Strict mode: touching a ghost that was not loaded beforehand (by `prefetch`,
+   * `loadClosure` or a loading plan) throws `NotLoadedError` instead of loading it.
+   */
+  strict?: boolean;
 }
 
 /** Counters since the connection opened (or `resetStats()`). */
@@ -83,6 +93,20 @@ export interface ConnectionHost {
   noteTid(tid: Tid): void;
 }
 
+/**
+ * @internal For amberdb/testing: the live connections (to sum their stats) and, while a
+ * helper is counting, loads by class name.
+ */
+export const accounting = {
+  live: new Set<WeakRef<Connection>>(),
+  byClass: null as Map<string, number> | null,
+};
+
+function noteLoad(className: string): void {
+  const m = accounting.byClass;
+  if (m !== null) m.set(className, (m.get(className) ?? 0) + 1);
+}
+
 const emptyStats = (): ConnectionStats => ({
   roundTrips: 0,
   loads: 0,
@@ -93,7 +117,7 @@ const emptyStats = (): ConnectionStats => ({
   conflictsResolved: 0,
 });
 
-export class Connection implements Jar, AsyncDisposable {
+export class Connection implements Jar, AsyncDisposable, PlanHost {
   readonly stats: ConnectionStats = emptyStats();
   readonly #host: ConnectionHost;
   readonly #storage: Storage;
@@ -103,6 +127,16 @@ export class Connection implements Jar, AsyncDisposable {
   #open = true;
   #committing = false;
   #readCurrent = new Map<Persistent, Meta>();
+  readonly #strictDefault: boolean;
+  /** Set while a plan installs its records: nothing is evicted until it is done. */
+  #holdEviction = false;
+  /** The plan group each object was last realized in (for strict-mode hints). */
+  #planGroups = new WeakMap<Meta, string>();
+  #strict: boolean;
+  /** The storage session this transaction began in (remote storages; see Storage.session). */
+  #session: number | undefined;
+  /** Counts transactions: a load that was in flight across a boundary is dropped. */
+  #txn = 0;
 
   /** @internal Use `db.open()`. */
   constructor(host: ConnectionHost, tid: Tid, options: ConnectionOptions = {}) {
@@ -117,11 +151,28 @@ export class Connection implements Jar, AsyncDisposable {
     this.#cache = new ObjectCache(cacheSize, cacheBytes);
     this.#at = options.at;
     this.#tid = options.at ?? tid;
+    this.#strictDefault = options.strict === true;
+    accounting.live.add(new WeakRef(this));
+    this.#strict = this.#strictDefault;
+    this.#session = this.#storage.session;
   }
 
   /** The tid of the snapshot this transaction reads. */
   get snapshotTid(): Tid {
     return this.#tid;
+  }
+
+  /**
+   * Strict mode (see ConnectionOptions.strict). A pooled connection gets its DB's setting
+   * back when it is handed out again.
+   */
+  get strict(): boolean {
+    return this.#strict;
+  }
+
+  set strict(value: boolean) {
+    if (typeof value !== "boolean") throw new TypeError(`conn.strict must be a boolean, got ${typeof value}`);
+    this.#strict = value;
   }
 
   /** Is this a read-only view of the past (`db.open({ at })`)? */
@@ -168,6 +219,203 @@ export class Connection implements Jar, AsyncDisposable {
     return obj;
   }
 
+  /** A loading plan on this connection (see loading/plan.ts). */
+  plan(): Plan {
+    this.#assertOpen("plan");
+    return new Plan(this);
+  }
+
+  /**
+   * Load every ghost among `objects` in one round trip (objects already loaded, new or
+   * of no connection are skipped). Returns how many were loaded. With `paths` (dotted
+   * property paths such as `"reporter.branding"`), the short form of a loading plan:
+   * `objects` and everything the paths reach, in one round trip.
+   */
+  async prefetch(objects: Iterable<Persistent>, paths?: readonly string[]): Promise<number> {
+    this.#assertOpen("prefetch");
+    if (paths !== undefined) return this.#prefetchPaths(objects, paths);
+    const ghosts: Persistent[] = [];
+    const seen = new Set<Oid>();
+    for (const obj of objects) {
+      const m = this.#own(obj, "prefetch");
+      if (m.state === GHOST && !seen.has(m.oid)) {
+        seen.add(m.oid);
+        ghosts.push(obj);
+      }
+    }
+    if (ghosts.length === 0) return 0;
+    const oids = ghosts.map((g) => metaOf(g).oid);
+    this.stats.roundTrips++;
+    const txn = this.#txn;
+    const records = await this.#storage.load(oids, this.#tid);
+    // The transaction ended (commit, abort) while the load was in flight: its records
+    // belong to the old snapshot. The objects stay ghosts and load when touched.
+    if (txn !== this.#txn || !this.#open) return 0;
+    this.#checkSession();
+    let loaded = 0;
+    records.forEach((rec, i) => {
+      const obj = ghosts[i]!;
+      const m = metaOf(obj);
+      if (rec === null) throw this.#notFound(m.oid, m.className);
+      if (m.state !== GHOST) return; // loaded meanwhile (an upgrade hook, another prefetch)
+      this.stats.loads++;
+      noteLoad(m.className);
+      this.stats.bytesRead += rec.data.length;
+      this.#install(obj, m, rec, readEnvelope(rec.data, rec.oid), false);
+      loaded++;
+    });
+    return loaded;
+  }
+
+  /**
+   * Load `obj` and every object reachable from it, in one round trip (on a remote storage
+   * the server walks the stored references), as of this transaction's snapshot. Objects
+   * this connection has loaded already are walked through but not sent again. Stops at
+   * `maxObjects` records (default: the connection's cacheSize) or `maxBytes` of record
+   * data (default: its cacheBytes). Returns what it loaded and whether a limit cut it short.
+   */
+  async loadClosure(obj: Persistent, options: { maxObjects?: number; maxBytes?: number } = {}): Promise<{ loaded: number; truncated: boolean }> {
+    this.#assertOpen("loadClosure");
+    const m = this.#own(obj, "loadClosure");
+    if (m.state === NEW || m.oid < 0) return { loaded: 0, truncated: false };
+    const have: Oid[] = [];
+    for (const [, meta] of this.#cache.loadedObjects()) if (meta.state !== NEW) have.push(meta.oid);
+    this.stats.roundTrips++;
+    const txn = this.#txn;
+    const result = await this.#storage.loadClosure(m.oid, this.#tid, {
+      maxObjects: options.maxObjects ?? this.#cache.cacheSize,
+      maxBytes: options.maxBytes ?? this.#cache.cacheBytes,
+      have,
+    });
+    if (txn !== this.#txn || !this.#open) return { loaded: 0, truncated: result.truncated }; // see prefetch
+    this.#checkSession();
+    if (result.missing.includes(m.oid)) throw this.#notFound(m.oid, m.className);
+    let loaded = 0;
+    // Parse every envelope first: making ghosts for the references of the first records
+    // must not evict records of the same closure before they are installed.
+    for (const rec of result.records) {
+      const env = readEnvelope(rec.data, rec.oid, true); // checked by the walk that found it (closure.ts)
+      const target = this.#objectFor(rec.oid, env.className);
+      const tm = metaOf(target);
+      if (tm.state !== GHOST) continue;
+      this.stats.loads++;
+      noteLoad(env.className);
+      this.stats.bytesRead += rec.data.length;
+      this.#install(target, tm, rec, env, false);
+      loaded++;
+    }
+    return { loaded, truncated: result.truncated };
+  }
+
+  async #prefetchPaths(objects: Iterable<Persistent>, paths: readonly string[]): Promise<number> {
+    if (!Array.isArray(paths) || !paths.every((p) => typeof p === "string" && p.length > 0)) {
+      throw new TypeError('prefetch(objects, paths): paths must be property paths such as ["reporter.branding"]');
+    }
+    const plan = this.plan();
+    const root = plan.from(objects);
+    const byPrefix = new Map<string, Group>();
+    for (const path of paths) {
+      let group: Group = root;
+      let prefix = "";
+      for (const prop of path.split(".")) {
+        if (prop === "") throw new TypeError(`prefetch(): empty step in path ${JSON.stringify(path)}`);
+        prefix += `.${prop}`;
+        let next = byPrefix.get(prefix);
+        if (next === undefined) {
+          next = (group as Group<never>).follow(prop as never) as Group;
+          byPrefix.set(prefix, next);
+        }
+        group = next;
+      }
+    }
+    const before = this.stats.loads;
+    await plan.realize();
+    return this.stats.loads - before;
+  }
+
+  /** @internal PlanHost: the oid of a plan's starting object (null for a new one). */
+  oidForPlan(obj: Persistent): number | null {
+    const m = this.#own(obj, "plan.from");
+    return m.state === NEW || m.oid < 0 ? null : m.oid;
+  }
+
+  /**
+   * @internal PlanHost. The storage evaluates the plan over the stored records in one call
+   * and everything it reached is installed; then the groups are worked out here, from the
+   * objects themselves, so that changes this transaction made and has not committed count
+   * (objects they reach that are not loaded yet cost one more round trip per step, only
+   * then). Eviction waits until the plan is installed: a plan may exceed the cache.
+   */
+  async realizePlan(steps: PlanStep[], labels: string[], starts: Array<Persistent[] | null>): Promise<Persistent[][]> {
+    this.#assertOpen("realize");
+    const have: Oid[] = [];
+    for (const [, meta] of this.#cache.loadedObjects()) if (meta.state !== NEW) have.push(meta.oid);
+    this.stats.roundTrips++;
+    const txn = this.#txn;
+    const result = await this.#storage.loadPlan(steps, this.#tid, { have });
+    const ended = () => {
+      if (txn !== this.#txn || !this.#open) {
+        throw new TransactionError("realize(): the transaction ended (commit or abort) while the plan was loading; realize a new plan", "in-flight");
+      }
+    };
+    ended();
+    this.#checkSession();
+    const strict = this.#strict;
+    this.#holdEviction = true;
+    this.#strict = false;
+    try {
+      for (const rec of result.records) {
+        const env = readEnvelope(rec.data, rec.oid, true); // checked by the walk (plan-walk.ts)
+        const target = this.#objectFor(rec.oid, env.className);
+        const tm = metaOf(target);
+        if (tm.state !== GHOST) continue;
+        this.stats.loads++;
+        this.stats.bytesRead += rec.data.length;
+        noteLoad(env.className);
+        this.#install(target, tm, rec, env, false);
+      }
+      const dangling = result.missing[0];
+      if (dangling !== undefined) {
+        throw new ObjectNotFoundError(dangling.oid, ` at snapshot ${this.#tid}: a dangling reference, reached as ${dangling.path}`);
+      }
+      const groups: Persistent[][] = [];
+      for (let i = 0; i < steps.length; i++) {
+        const step = steps[i]!;
+        const out = new Set<Persistent>();
+        if (step.union !== undefined) {
+          for (const g of step.union) for (const obj of groups[g]!) out.add(obj);
+        } else if (step.follow !== undefined) {
+          const sources = groups[step.follow]!;
+          await this.#loadGhosts(sources);
+          ended();
+          for (const obj of sources) {
+            checkFollowed(obj, step.prop!, labels[i]!);
+            for (const item of itemsOf((obj as unknown as Record<string, unknown>)[step.prop!])) out.add(item);
+          }
+        } else {
+          for (const obj of starts[i] ?? []) out.add(obj);
+        }
+        groups.push([...out]);
+      }
+      // The last groups' members are loaded too (their own references are not followed).
+      for (const g of groups) await this.#loadGhosts(g);
+      ended();
+      groups.forEach((g, i) => {
+        for (const obj of g) this.#planGroups.set(metaOf(obj), labels[i]!);
+      });
+      return groups;
+    } finally {
+      this.#holdEviction = false;
+      this.#strict = strict;
+    }
+  }
+
+  /** Load the ghosts among `objects` in one round trip, if there are any. */
+  async #loadGhosts(objects: Persistent[]): Promise<void> {
+    const ghosts = objects.filter((o) => metaOf(o).state === GHOST);
+    if (ghosts.length > 0) await this.prefetch(ghosts);
+  }
+
   /** Make the commit fail with a conflict if `obj` was changed by another transaction since it was read. */
   readCurrent(obj: Persistent): void {
     this.#assertOpen("readCurrent");
@@ -206,8 +454,35 @@ export class Connection implements Jar, AsyncDisposable {
         "closed",
       );
     }
+    if (this.#strict) throw this.#notLoaded(meta);
     const rec = this.#loadOne(meta.oid, meta.className);
     this.#install(obj, meta, rec, readEnvelope(rec.data, rec.oid));
+  }
+
+  /** The strict-mode error for touching the ghost of `meta`. */
+  #notLoaded(meta: Meta): NotLoadedError {
+    const steps: string[] = [];
+    let m = meta;
+    while (m.viaMeta !== null && steps.length < 3) {
+      steps.unshift(m.viaPath);
+      m = m.viaMeta;
+    }
+    const more = m.viaMeta !== null ? "…" : "";
+    const path = steps.length === 0 ? "" : ` (reached as ${more}${m.className}#${m.oid}.${steps.join(".")})`;
+    const parent = meta.viaMeta;
+    const group = parent === null ? undefined : this.#planGroups.get(parent);
+    const step =
+      parent === null
+        ? ""
+        : group !== undefined
+          ? `; the plan step ${group}.follow(${JSON.stringify(meta.viaPath)}) would have loaded it`
+          : `; a plan step .follow(${JSON.stringify(meta.viaPath)}) on a group holding ${parent.className}#${parent.oid} would have loaded it`;
+    return new NotLoadedError(
+      meta.oid,
+      meta.className,
+      `${meta.className}#${meta.oid}${path} is not loaded, and strict mode forbids loading on touch${step} ` +
+        `(load beforehand with a loading plan, conn.prefetch or conn.loadClosure, or set conn.strict = false)`,
+    );
   }
 
   /** @internal */
@@ -265,11 +540,16 @@ export class Connection implements Jar, AsyncDisposable {
         this.#begin();
         return;
       }
+      this.#checkSession();
       const snaps = encodeChanged(this, work, adopted);
       if (adopted.length > 0) await this.#assignOids(adopted);
       const request = buildRequest(work, snaps, this.#readCurrent.values());
       this.stats.roundTrips++;
       const conflicts = await this.#storage.vote(request);
+      if (this.#storage.session !== this.#session) {
+        await this.#storage.abort(request); // voted in a new session: this transaction read the old one
+        this.#checkSession();
+      }
       if (conflicts.length > 0) {
         await this.#storage.abort(request); // a storage that locks at vote releases here
         throw conflictErrorFor(conflicts, work, this.#readCurrent.values());
@@ -343,6 +623,7 @@ export class Connection implements Jar, AsyncDisposable {
   /** @internal Reopen a pooled connection: a fresh transaction, nothing pending. */
   reopen(): void {
     this.#open = true;
+    this.#strict = this.#strictDefault;
     this.abort();
   }
 
@@ -395,8 +676,10 @@ export class Connection implements Jar, AsyncDisposable {
     if (s.loadOneSync !== undefined) {
       this.stats.roundTrips++;
       const rec = s.loadOneSync(oid, this.#tid, true);
+      if (s.session !== this.#session) this.#checkSession();
       if (rec === null) throw this.#notFound(oid, className);
       this.stats.loads++;
+      noteLoad(className);
       this.stats.bytesRead += rec.data.length;
       return rec;
     }
@@ -411,10 +694,25 @@ export class Connection implements Jar, AsyncDisposable {
     }
     this.stats.roundTrips++;
     const rec = load.call(this.#storage, [oid], this.#tid)[0];
+    this.#checkSession();
     if (rec === null || rec === undefined) throw this.#notFound(oid, className);
     this.stats.loads++;
+    noteLoad(className);
     this.stats.bytesRead += rec.data.length;
     return rec;
+  }
+
+  /**
+   * A remote storage that reconnected may have missed invalidations: a transaction that
+   * began before must not go on reading or commit.
+   */
+  #checkSession(): void {
+    if (this.#storage.session === this.#session) return;
+    throw new TransactionError(
+      `the connection to ${this.#storage.url} was lost and made again during this transaction; ` +
+        `it may have missed changes, so abort it and run it again (db.transact does so)`,
+      "disconnected",
+    );
   }
 
   #notFound(oid: Oid, className: string): ObjectNotFoundError {
@@ -423,7 +721,7 @@ export class Connection implements Jar, AsyncDisposable {
   }
 
   /** The object for `oid`: the one this connection holds, or a new ghost of the stored class. */
-  #objectFor(oid: Oid, className: string): Persistent {
+  #objectFor(oid: Oid, className: string, viaMeta: Meta | null = null, viaPath = ""): Persistent {
     const known = this.#cache.get(oid);
     if (known !== undefined) {
       if (metaOf(known).state !== GHOST) this.stats.cacheHits++;
@@ -434,14 +732,19 @@ export class Connection implements Jar, AsyncDisposable {
     meta.jar = this;
     meta.oid = oid;
     meta.className = className;
+    meta.viaMeta = viaMeta;
+    meta.viaPath = viaPath;
     const obj = makeGhost(info !== undefined && info.kind === "persistent" ? info.cls : BrokenObject, meta);
     this.#cache.add(oid, obj);
     return obj;
   }
 
-  /** Decode `rec` into the ghost `obj`. `rec.data` may be lent: nothing here keeps it. */
-  #install(obj: Persistent, meta: Meta, rec: StoredRecord, env: ParsedEnvelope): void {
-    const refs = this.#refsOf(env);
+  /**
+   * Decode `rec` into the ghost `obj`. With `lent` (the default), `rec.data` is the
+   * storage's memory: nothing here keeps it. Without, the bytes are ours to keep.
+   */
+  #install(obj: Persistent, meta: Meta, rec: StoredRecord, env: ParsedEnvelope, lent = true): void {
+    const refs = this.#refsOf(env, meta);
     let state: Record<string, unknown>;
     try {
       state = decodeState(env.data, refs, env.shared, env.stateStart, env.stateEnd);
@@ -456,7 +759,9 @@ export class Connection implements Jar, AsyncDisposable {
     // A BrokenObject is never compared (it is written back byte-for-byte, and only after
     // markChanged); other objects with nested containers keep their state bytes to compare.
     const containers = !(obj instanceof BrokenObject) && !isSelfTracking(obj) && holdsContainers(state, isPersistent);
-    meta.bytes = containers ? copyBytes(env.state) : null;
+    // A view is kept only when it does not pin a much larger buffer (a batch reply).
+    const bytes = containers ? env.state : null;
+    meta.bytes = bytes === null ? null : lent || bytes.buffer.byteLength > 2 * bytes.byteLength ? copyBytes(bytes) : bytes;
     let upgraded = false;
     const info = classByName(env.className);
     if (obj instanceof BrokenObject) keepOriginal(obj, copyBytes(rec.data));
@@ -477,13 +782,15 @@ export class Connection implements Jar, AsyncDisposable {
     meta.containers = containers;
     this.#cache.resize(meta, rec.data.length);
     this.#cache.touch(obj, meta);
-    if (this.#cache.overBudget()) this.#cache.shrink(this.#evictFlat, obj, 16);
+    if (!this.#holdEviction && this.#cache.overBudget()) this.#cache.shrink(this.#evictFlat, obj, 16);
   }
 
-  #refsOf(env: ParsedEnvelope): Persistent[] {
+  /** The objects a record refers to; new ghosts remember `parent` and the path (strict mode). */
+  #refsOf(env: ParsedEnvelope, parent: Meta | null = null): Persistent[] {
     const n = env.refOids.length;
     const refs: Persistent[] = new Array(n);
-    for (let i = 0; i < n; i++) refs[i] = this.#objectFor(env.refOids[i]!, env.refClasses[i]!);
+    const paths = env.refPaths;
+    for (let i = 0; i < n; i++) refs[i] = this.#objectFor(env.refOids[i]!, env.refClasses[i]!, parent, paths[i]!);
     return refs;
   }
 
@@ -568,15 +875,31 @@ export class Connection implements Jar, AsyncDisposable {
 
   /** Begin a new transaction: apply invalidations, move to the newest snapshot, trim the cache. */
   #begin(committedTid?: Tid): void {
+    this.#txn++;
     if (this.#cache.overBudget()) this.#cache.shrink(this.#evict);
-    if (this.#at !== undefined) return;
     const s = this.#storage;
-    if (s.changesSinceSync === undefined) return;
-    this.stats.roundTrips++;
-    this.#invalidate(s.changesSinceSync(this.#tid), committedTid);
+    if (this.#at !== undefined) {
+      this.#session = s.session;
+      return;
+    }
+    if (s.changesSinceSync === undefined) {
+      this.#session = s.session;
+      return;
+    }
+    const changes = s.changesSinceSync(this.#tid, committedTid);
+    if (changes.local !== true) this.stats.roundTrips++;
+    if (this.#session !== s.session) {
+      // The storage reconnected since this connection's last transaction (possibly to
+      // another database, whose tids need not be comparable): drop every loaded object
+      // and take the storage's snapshot as it is.
+      this.#session = s.session;
+      this.#invalidate({ tid: changes.tid, oids: null }, undefined, true);
+      return;
+    }
+    this.#invalidate(changes, committedTid);
   }
 
-  #invalidate(changes: Changes, committedTid?: Tid): void {
+  #invalidate(changes: Changes, committedTid?: Tid, reset = false): void {
     if (changes.oids === null) {
       for (const [obj, meta] of this.#cache.loadedObjects()) if (meta.serial !== committedTid) this.#ghostify(obj, meta);
     } else {
@@ -587,9 +910,41 @@ export class Connection implements Jar, AsyncDisposable {
         if ((meta.state === SAVED || meta.state === CHANGED) && meta.serial !== committedTid) this.#ghostify(obj, meta);
       }
     }
-    this.#tid = Math.max(this.#tid, changes.tid);
+    this.#tid = reset ? changes.tid : Math.max(this.#tid, changes.tid);
     this.#host.noteTid(this.#tid);
   }
+}
+
+/**
+ * After realize: `obj`, a member of a group followed through `prop`, must have that
+ * property, holding references (a persistent object, a collection or container of them,
+ * or null), not other data.
+ */
+function checkFollowed(obj: Persistent, prop: string, label: string): void {
+  const m = metaOf(obj);
+  const where = `${m.className}#${m.oid}`;
+  if (!(prop in obj)) throw new TypeError(`realize(): ${where} has no property ${JSON.stringify(prop)} (plan step ${label})`);
+  const v = (obj as unknown as Record<string, unknown>)[prop];
+  if (v === null || v === undefined || isPersistent(v) || v instanceof Map || v instanceof Set) return;
+  if (Array.isArray(v) && v.every((x) => x === null || x === undefined || isPersistent(x))) return;
+  const what = Array.isArray(v) ? "an array of non-references" : typeof v === "object" ? "a plain object" : `a ${typeof v}`;
+  throw new TypeError(`realize(): ${where}.${prop} holds ${what}, not a reference (plan step ${label})`);
+}
+
+/** The persistent objects a followed property yields: itself, or a collection's items. */
+function itemsOf(v: unknown): Persistent[] {
+  if (v === null || v === undefined) return [];
+  let items: Iterable<unknown>;
+  if (v instanceof PersistentMap || v instanceof BTree) items = v.values();
+  else if (v instanceof PersistentList || v instanceof PersistentSet) items = v;
+  else if (isPersistent(v)) return [v];
+  else if (Array.isArray(v)) items = v;
+  else if (v instanceof Map) items = v.values();
+  else if (v instanceof Set) items = v;
+  else return [];
+  const out: Persistent[] = [];
+  for (const x of items) if (isPersistent(x)) out.push(x);
+  return out;
 }
 
 /** A copy (Buffer's own `slice` would be a view of the same memory). */

@@ -3,7 +3,7 @@
  * reused with their caches), runs transactions with retries (`transact`), and offers the
  * storage's history (`history`, `undo`, `open({ at })`).
  */
-import { ConflictError, TransactionError } from "../errors.ts";
+import { AmberError, ConflictError, TransactionError } from "../errors.ts";
 import { isPersistent, metaOf, type Persistent } from "../persistent/persistent.ts";
 import { openStorage, type StorageOptions } from "../storage/open-storage.ts";
 import { ROOT_OID, type Storage, type Tid } from "../storage/storage.ts";
@@ -95,7 +95,9 @@ export class DB implements ConnectionHost, AsyncDisposable {
    * Run `fn` in a transaction on a pooled connection and commit. After a ConflictError the
    * changes are aborted and `fn` runs again on a fresh snapshot, with jittered exponential
    * backoff, up to `retries` more times; then the last ConflictError is thrown.
-   * Any other error aborts and is thrown at once.
+   * A transaction that lost its server connection before committing (code "disconnected")
+   * is run again the same way. Any other error aborts and is thrown at once (including
+   * "commit-unknown": the connection dropped during the commit, which may have happened).
    */
   async transact<T>(
     fn: (root: PersistentMap<string, any>, conn: Connection) => T | Promise<T>,
@@ -113,10 +115,13 @@ export class DB implements ConnectionHost, AsyncDisposable {
           return result;
         } catch (err) {
           conn.abort();
-          if (!(err instanceof ConflictError)) throw err;
-          if (attempt > retries) throw new ConflictError(err.conflicts, { cause: err, attempts: attempt });
+          // A lost server connection fails the transaction before it commits: safe to run again.
+          const disconnected = err instanceof AmberError && err.code === "disconnected";
+          if (!(err instanceof ConflictError) && !(disconnected && attempt <= retries)) throw err;
+          if (err instanceof ConflictError && attempt > retries) throw new ConflictError(err.conflicts, { cause: err, attempts: attempt });
           const delay = backoff * 2 ** (attempt - 1) * (0.5 + Math.random());
           await new Promise((resolve) => setTimeout(resolve, Math.min(delay, 250)));
+          conn.abort(); // begin the retry's snapshot after the wait, not before it
         }
       }
     } finally {

@@ -74,8 +74,12 @@ export class Meta {
   containers = false;
   /** Estimated bytes held by the loaded state (the record size). */
   size = 0;
-  /** Where the object was reached from (for strict-mode messages): `Class#oid.prop`. */
-  via: string | null = null;
+  /**
+   * The object whose loaded state first referred to this one, and the property (or
+   * collection slot) holding the reference: the path in strict-mode messages.
+   */
+  viaMeta: Meta | null = null;
+  viaPath = "";
   /** The connection cache's LRU list of loaded objects (see object-cache.ts). */
   lruPrev: Meta | null = null;
   lruNext: Meta | null = null;

@@ -10,6 +10,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { readEnvelope, writeEnvelope } from "../codec/record.ts";
 import { ConflictError, StorageError } from "../errors.ts";
 import type { CommitRequest, Oid, Storage, StoredRecord, Tid } from "./storage.ts";
+import { MAX_NEW_OIDS } from "./validation.ts";
 
 /** Parts of the contract a storage may opt out of, each with its reason. */
 export type ContractPart = "history" | "undo" | "synchronous";
@@ -103,6 +104,7 @@ export function storageContract(name: string, open: () => Promise<Storage>, opti
       await expect(s.newOids(-2)).rejects.toThrow(/positive integer/);
       await expect(s.newOids(1.5)).rejects.toThrow(RangeError);
       await expect(s.newOids("3" as unknown as number)).rejects.toThrow(TypeError);
+      await expect(s.newOids(MAX_NEW_OIDS + 1)).rejects.toThrow(RangeError); // bounded: one request cannot exhaust memory
     });
 
     it("commits new records: visible at the new tid, absent at the tid before", async () => {
@@ -223,6 +225,58 @@ export function storageContract(name: string, open: () => Promise<Storage>, opti
       expect(await s.lastTid()).toBe(tid);
       expect(labelOf((await s.load([x!], Number.MAX_SAFE_INTEGER))[0])).toBe("x1");
       expect(await s.finish(req)).toBeGreaterThan(tid);
+    });
+
+    it("loadPlan follows stored reference paths, fans out over collections, skips `have` and reports dangling references", async () => {
+      const s = await fresh();
+      const [a, b, c, d, list, x, y, e] = await s.newOids(8);
+      const listRecord = writeEnvelope({
+        className: "amber.PersistentList",
+        classVersion: 0,
+        refOids: [x!, y!],
+        refPaths: ["items", "items"],
+        refClasses: ["T", "T"],
+        state: new TextEncoder().encode("list"),
+      });
+      const withList = writeEnvelope({
+        className: "T",
+        classVersion: 0,
+        refOids: [b!, c!, list!],
+        refPaths: ["ref0", "ref1", "members"],
+        refClasses: ["T", "T", "amber.PersistentList"],
+        state: new TextEncoder().encode("a"),
+      });
+      const tid = await s.finish({
+        records: [
+          { oid: a!, serial: 0, data: withList },
+          { oid: b!, serial: 0, data: fakeRecord("b", [d!]) },
+          { oid: c!, serial: 0, data: fakeRecord("c") },
+          { oid: d!, serial: 0, data: fakeRecord("d") },
+          { oid: list!, serial: 0, data: listRecord },
+          { oid: x!, serial: 0, data: fakeRecord("x") },
+          { oid: y!, serial: 0, data: fakeRecord("y") },
+          { oid: e!, serial: 0, data: fakeRecord("e", [987_654]) },
+        ],
+        readCurrent: [],
+      });
+      const steps = [{ from: [a!] }, { follow: 0, prop: "ref0" }, { follow: 1, prop: "ref0" }, { union: [1, 2] }, { follow: 0, prop: "members" }];
+      const p = await s.loadPlan(steps, tid);
+      expect(p.groups).toEqual([[a], [b], [d], [b, d], [x, y]]);
+      expect(p.missing).toEqual([]);
+      // Group members and the collection walked through; not c (ref1 was not followed).
+      expect(p.records.map((r) => r.oid).sort((m, n) => m - n)).toEqual([a!, b!, d!, list!, x!, y!].sort((m, n) => m - n));
+      expect(labelOf(p.records.find((r) => r.oid === d))).toBe("d");
+      // What the caller holds is walked through but not sent.
+      const held = await s.loadPlan(steps, tid, { have: [a!, b!] });
+      expect(held.groups).toEqual(p.groups);
+      expect(held.records.map((r) => r.oid).sort((m, n) => m - n)).toEqual([d!, list!, x!, y!].sort((m, n) => m - n));
+      // At a snapshot before the commit nothing exists: the start is reported missing.
+      expect((await s.loadPlan([{ from: [a!] }], tid - 1)).missing).toEqual([{ oid: a, path: `#${a}` }]);
+      const dangling = await s.loadPlan([{ from: [e!] }, { follow: 0, prop: "ref0" }], tid);
+      expect(dangling.missing).toEqual([{ oid: 987_654, path: `T#${e}.ref0` }]);
+      await expect(s.loadPlan([], tid)).rejects.toThrow(TypeError);
+      await expect(s.loadPlan([{ follow: 0, prop: "x" }], tid)).rejects.toThrow(TypeError);
+      await expect(s.loadPlan([{ from: [a!] }, { follow: 0 }], tid)).rejects.toThrow(TypeError);
     });
 
     it("changesSince lists exactly the oids written after a tid", async () => {

@@ -11,9 +11,17 @@
  * - A commit runs start to end without awaiting, so in one process it is atomic with
  *   respect to every other call: the re-check and the writes see the same state.
  */
+import { randomUUID } from "node:crypto";
 import { StorageError } from "../errors.ts";
+import { closureOf } from "./closure.ts";
+import { walkPlan } from "./plan-walk.ts";
 import { conflictError } from "./conflicts.ts";
 import type {
+  ClosureOptions,
+  ClosureResult,
+  PlanOptions,
+  PlanResult,
+  PlanStep,
   Changes,
   CommitRequest,
   Oid,
@@ -32,7 +40,9 @@ interface Revision {
 }
 
 export class MemoryStorage implements Storage {
-  readonly url = "memory:";
+  readonly url: string;
+  /** A fresh identity per instance: a memory storage is gone when its process ends. */
+  readonly id = randomUUID();
   readonly capabilities: StorageCapabilities = { synchronous: true, history: true };
 
   #revisions = new Map<Oid, Revision[]>();
@@ -41,6 +51,11 @@ export class MemoryStorage implements Storage {
   /** Oid 0 is the root, created by the first connection: never handed out. */
   #nextOid: Oid = 1;
   #closed = false;
+
+  /** `name` only labels the storage in messages (`memory:` followed by anything). */
+  constructor(url = "memory:") {
+    this.url = url;
+  }
 
   async lastTid(): Promise<Tid> {
     this.#checkOpen();
@@ -70,6 +85,20 @@ export class MemoryStorage implements Storage {
       if (r.serial <= at) return { oid, serial: r.serial, data: r.data }; // lent, not copied
     }
     return null;
+  }
+
+  async loadClosure(oid: Oid, at: Tid, options?: ClosureOptions): Promise<ClosureResult> {
+    this.#checkOpen();
+    checkOid(oid);
+    checkTid(at, "at");
+    return closureOf((o, t) => this.#newestAtOrBefore(o, t), oid, at, options);
+  }
+
+  async loadPlan(steps: readonly PlanStep[], at: Tid, options?: PlanOptions): Promise<PlanResult> {
+    this.#checkOpen();
+    checkTid(at, "at");
+    const { records, groups, missing } = walkPlan((o) => this.#newestAtOrBefore(o, at), steps, options);
+    return { records, groups, missing };
   }
 
   async loadBefore(oid: Oid, before: Tid): Promise<StoredRecord | null> {

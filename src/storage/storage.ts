@@ -75,6 +75,8 @@ export interface Changes {
    * longer tell (history packed away, cache missed too much): invalidate everything.
    */
   oids: Oid[] | null;
+  /** Answered without asking a remote server (from pushed invalidations). */
+  local?: boolean;
 }
 
 /** A committed transaction, newest first in `transactions()`. */
@@ -84,17 +86,86 @@ export interface TransactionInfo {
   meta: Record<string, string>;
 }
 
+/** Limits and knowledge for `loadClosure`. */
+export interface ClosureOptions {
+  /** Return at most this many records (default: no limit). */
+  maxObjects?: number;
+  /** Return at most this many bytes of record data (default: no limit). */
+  maxBytes?: number;
+  /**
+   * Oids whose revision at the snapshot the caller already holds: walked through (their
+   * references are followed) but not returned.
+   */
+  have?: readonly Oid[];
+}
+
+/** What `loadClosure` found. */
+export interface ClosureResult {
+  /** The records reached, breadth-first from the root, except those in `have`. */
+  records: StoredRecord[];
+  /** Referenced oids that do not exist at the snapshot (dangling references). */
+  missing: Oid[];
+  /** A limit stopped the walk before it reached everything. */
+  truncated: boolean;
+}
+
+/**
+ * One step of a loading plan; a plan is a list of them, each making one group of oids.
+ * `from`: these objects. `follow`: the objects that the members of an earlier group
+ * reference through property `prop` (collections fan out: see plan-walk.ts). `union`:
+ * the members of earlier groups. Groups keep the order objects were first found in.
+ */
+export interface PlanStep {
+  from?: readonly Oid[];
+  follow?: number;
+  prop?: string;
+  union?: readonly number[];
+}
+
+export interface PlanOptions {
+  /** Oids whose revision at the snapshot the caller holds: read, not returned. */
+  have?: readonly Oid[];
+  /** Fail rather than return more than this many bytes of records. */
+  maxBytes?: number;
+}
+
+export interface PlanResult {
+  /** Every record the plan reached (group members and collection pieces), except `have`. */
+  records: StoredRecord[];
+  /** The oids of each step's group, in order. */
+  groups: Oid[][];
+  /** References to objects that do not exist at the snapshot, with the path that reached each. */
+  missing: Array<{ oid: Oid; path: string }>;
+}
+
 export interface StorageCapabilities {
   /** `loadSync` and `newOidsSync` exist: ghosts can load transparently. */
   readonly synchronous: boolean;
   /** Old revisions are kept: `loadBefore`, `history`, `open({ at })` and `undo` work. */
   readonly history: boolean;
+  /**
+   * Invalidations arrive on their own (a server pushes them): `changesSince` is answered
+   * from what the storage was told and costs no round trip.
+   */
+  readonly pushesInvalidations?: boolean;
 }
 
 export interface Storage {
   /** The URL or path the storage was opened with (for messages). */
   readonly url: string;
+  /**
+   * Identifies the stored database: the same for every process that opens it, different
+   * for another database. A client that finds it changed drops what it cached.
+   */
+  readonly id: string;
   readonly capabilities: StorageCapabilities;
+
+  /**
+   * Changes when a remote storage lost its connection and made a new one. A transaction
+   * that began in an earlier session may have missed invalidations: the connection fails
+   * it instead of reading on. Local storages leave it undefined.
+   */
+  readonly session?: number;
 
   /** The newest committed tid (0 for an empty storage). */
   lastTid(): Promise<Tid>;
@@ -114,6 +185,22 @@ export interface Storage {
    * storage; the caller must decode or copy it at once. Same semantics as `load`.
    */
   loadOneSync?(oid: Oid, at: Tid, borrow: boolean): StoredRecord | null;
+
+  /**
+   * `oid` and every object reachable from it through stored references, each at snapshot
+   * `at`, breadth-first, within the limits. One round trip on a remote storage: the walk
+   * happens where the records are. An `oid` that does not exist at `at` gives no records
+   * and `missing: [oid]`.
+   */
+  loadClosure(oid: Oid, at: Tid, options?: ClosureOptions): Promise<ClosureResult>;
+
+  /**
+   * Evaluate a loading plan at snapshot `at`: every group's members and every record
+   * reached, in one round trip on a remote storage (the walk happens where the records
+   * are, following the reference paths stored in each record). Raises TypeError for a
+   * malformed plan.
+   */
+  loadPlan(steps: readonly PlanStep[], at: Tid, options?: PlanOptions): Promise<PlanResult>;
 
   /** The newest revision of `oid` with serial < `before`, or `null`. Needs history. */
   loadBefore(oid: Oid, before: Tid): Promise<StoredRecord | null>;
@@ -145,9 +232,16 @@ export interface Storage {
   /** Give up a voted transaction (releases what `vote` held). Never throws for a valid request. */
   abort(request: CommitRequest): Promise<void>;
 
-  /** Which objects changed after `since`, and the newest tid. Used for invalidations. */
-  changesSince(since: Tid): Promise<Changes>;
-  changesSinceSync?(since: Tid): Changes;
+  /**
+   * Which objects changed after `since`, and the newest tid. Used for invalidations, at
+   * the start of every transaction: the answer must include every transaction committed
+   * before the call (whoever committed it), so that a commit another process reported
+   * is seen. `ownCommit` says the caller itself just committed that tid and has done
+   * nothing since: a storage that is told about commits in order may then answer from
+   * what it was told, without asking.
+   */
+  changesSince(since: Tid, ownCommit?: Tid): Promise<Changes>;
+  changesSinceSync?(since: Tid, ownCommit?: Tid): Changes;
 
   /** Committed transactions with tid > `since`, newest first, at most `limit`. */
   transactions(since?: Tid, limit?: number): Promise<TransactionInfo[]>;

@@ -39,10 +39,13 @@ export function checkOids(oids: unknown): asserts oids is readonly Oid[] {
 }
 
 /** A count of things to hand out or return: a positive safe integer. */
+/** The most oids one `newOids` call hands out. */
+export const MAX_NEW_OIDS = 1_000_000;
+
 export function checkCount(count: unknown, what: string): asserts count is number {
   if (typeof count !== "number") throw new TypeError(`${what} must be a number, got ${describe(count)}`);
-  if (!Number.isSafeInteger(count) || count < 1) {
-    throw new RangeError(`${what} must be a positive integer, got ${describe(count)}`);
+  if (!Number.isSafeInteger(count) || count < 1 || count > MAX_NEW_OIDS) {
+    throw new RangeError(`${what} must be a positive integer of at most ${MAX_NEW_OIDS}, got ${describe(count)}`);
   }
 }
 

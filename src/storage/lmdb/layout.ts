@@ -12,7 +12,8 @@
  * object's serials work. Every value is raw bytes (`encoding: "binary"`) laid out here:
  *
  *   database   key                  value
- *   "meta"     "amberdb"            MARKER: MessagePack { format: 1, created: ISO date }
+ *   "meta"     "amberdb"            MARKER: MessagePack { format: 1, created: ISO date,
+ *                                   id: random UUID (stores made before it had none) }
  *              "lastTid"            U64: the newest committed tid (absent: 0)
  *              "nextOid"            U64: every oid below it was handed out or written
  *                                   (absent: 1; oid 0 is the root and never handed out)
@@ -37,6 +38,7 @@
  *
  * @internal
  */
+import { randomUUID } from "node:crypto";
 import { Packr } from "msgpackr";
 import { StorageError } from "../../errors.ts";
 import type { Oid, Tid } from "../storage.ts";
@@ -150,10 +152,17 @@ export function decodeTxn(bytes: Uint8Array, tid: Tid): LoggedTransaction {
 export interface Marker {
   format: number;
   created: string;
+  /** Identifies the store (its copies keep it); absent in stores made before it existed. */
+  id?: string;
+}
+
+/** The store's identity: its marker id, or for older stores the creation time. */
+export function storeId(marker: Marker): string {
+  return marker.id ?? `created:${marker.created}`;
 }
 
 export function encodeMarker(): Buffer {
-  return packr.pack({ format: FORMAT, created: new Date().toISOString() } satisfies Marker);
+  return packr.pack({ format: FORMAT, created: new Date().toISOString(), id: randomUUID() } satisfies Marker);
 }
 
 /** The marker, or a description of what is there instead (for the error message). */

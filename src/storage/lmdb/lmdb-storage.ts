@@ -28,9 +28,16 @@
  */
 import { ABORT, open, TransactionFlags, type Database, type RootDatabase } from "lmdb";
 import { StorageError } from "../../errors.ts";
+import { closureOf } from "../closure.ts";
+import { walkPlan } from "../plan-walk.ts";
 import { conflictError } from "../conflicts.ts";
 import type {
   Changes,
+  ClosureOptions,
+  ClosureResult,
+  PlanOptions,
+  PlanResult,
+  PlanStep,
   CommitRequest,
   Oid,
   Storage,
@@ -64,6 +71,7 @@ const RELAXED = DURABLE | TransactionFlags.NO_SYNC_FLUSH;
 type Bytes = Database<Buffer, string | number | L.HistoryKey>;
 
 interface Databases {
+  id: string;
   meta: Database<Buffer, string>;
   current: Database<Buffer, Oid>;
   history: Database<Buffer, L.HistoryKey>;
@@ -80,6 +88,8 @@ interface Write {
 
 export class LmdbStorage implements Storage {
   readonly url: string;
+  /** The store's identity (kept in its marker). */
+  readonly id: string;
   readonly capabilities: StorageCapabilities = { synchronous: true, history: true };
 
   readonly #root: RootDatabase;
@@ -95,6 +105,7 @@ export class LmdbStorage implements Storage {
 
   private constructor(url: string, root: RootDatabase, db: Databases, options: LmdbStorageOptions) {
     this.url = url;
+    this.id = db.id;
     this.#root = root;
     this.#db = db;
     this.#commitFlags = options.durability === "relaxed" ? RELAXED : DURABLE;
@@ -173,6 +184,22 @@ export class LmdbStorage implements Storage {
     } catch (err) {
       throw this.#readFailure(err, oid);
     }
+  }
+
+  async loadClosure(oid: Oid, at: Tid, options?: ClosureOptions): Promise<ClosureResult> {
+    this.#checkOpen();
+    checkOid(oid);
+    checkTid(at, "at");
+    if (at > this.#knownTid) this.#refresh();
+    return closureOf((o, t) => this.#loadOrFail(o, t), oid, at, options);
+  }
+
+  async loadPlan(steps: readonly PlanStep[], at: Tid, options?: PlanOptions): Promise<PlanResult> {
+    this.#checkOpen();
+    checkTid(at, "at");
+    if (at > this.#knownTid) this.#refresh();
+    const { records, groups, missing } = walkPlan((o) => this.#loadOrFail(o, at), steps, options);
+    return { records, groups, missing };
   }
 
   async loadBefore(oid: Oid, before: Tid): Promise<StoredRecord | null> {
@@ -348,6 +375,14 @@ export class LmdbStorage implements Storage {
     return new StorageError(`reading object ${oid} from ${this.url} failed: ${(err as Error).message}`, { oid, cause: err });
   }
 
+  #loadOrFail(oid: Oid, at: Tid): StoredRecord | null {
+    try {
+      return this.#loadAt(oid, at);
+    } catch (err) {
+      throw this.#readFailure(err, oid);
+    }
+  }
+
   /** The revision of `oid` current at snapshot `at`: one get when "current" is old enough. */
   #loadAt(oid: Oid, at: Tid): StoredRecord | null {
     const current = this.#db.current.getBinaryFast(oid);
@@ -491,6 +526,7 @@ function openDatabases(root: RootDatabase, path: string, create: boolean): Datab
     return db;
   });
   return {
+    id: L.storeId(found),
     meta: meta as Database<Buffer, string>,
     current: current as Database<Buffer, Oid>,
     history: history as Database<Buffer, L.HistoryKey>,
