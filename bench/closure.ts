@@ -1,8 +1,8 @@
 /**
  * Workload b (closure), as BENCH.md describes: a tree of 13,800 Nodes (fan-out 8,
  * breadth-first) built and committed in one transaction, then traversed cold, warm and hot.
- * (The `loadClosure` phase arrives with the storage-server issue.)
- * `tsx bench/closure.ts --storage memory:|embedded`
+ * closure: cold again, `await conn.loadClosure(model)` (one round trip), then the traversal.
+ * `tsx bench/closure.ts --storage memory:|embedded|server`
  */
 import { Persistent, persistent } from "../src/index.ts";
 import { argValue, labelOf, makeTarget, phase, report, type Phase } from "./lib.ts";
@@ -51,7 +51,7 @@ function traverse(node: Node): number {
   return count + (x & 0);
 }
 
-const results: Record<string, Phase[]> = { build_commit: [], cold: [], warm: [], hot: [] };
+const results: Record<string, Phase[]> = { build_commit: [], cold: [], warm: [], hot: [], closure: [] };
 for (let run = 0; run < WARMUP + RUNS; run++) {
   if (run === WARMUP) for (const k of Object.keys(results)) results[k] = [];
   const target = makeTarget(storage);
@@ -75,6 +75,19 @@ for (let run = 0; run < WARMUP + RUNS; run++) {
   const hot: Phase[] = [];
   for (let r = 0; r < 20; r++) hot.push(await phase(conn, N, () => traverse(conn.root().get("model") as Node)));
   results.hot!.push(hot.sort((a, b) => a.ms - b.ms)[0]!);
+  await conn.close();
+  await db.close();
+  // closure: cold again (a new DB object), one loadClosure of the model, then the traversal.
+  db = await target.open();
+  conn = db.open({ cacheSize: 100_000 });
+  const model = conn.root().get("model") as Node;
+  results.closure!.push(
+    await phase(conn, N, async () => {
+      await conn.loadClosure(model);
+      seen = traverse(model);
+    }),
+  );
+  if (seen !== N) throw new Error(`traversal after loadClosure saw ${seen} nodes, expected ${N}`);
   await conn.close();
   await db.close();
   await target.dispose();

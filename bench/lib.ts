@@ -15,11 +15,50 @@ export interface Target {
 
 export function labelOf(kind: string): string {
   if (kind === "memory:" || kind === "memory") return "memory:";
+  if (kind === "server") return "server (loopback, embedded durable)";
   return kind === "embedded" ? "embedded (LMDB, durable)" : kind;
+}
+
+let server: Promise<Served> | undefined;
+type Served = Awaited<ReturnType<typeof import("../test/server-process.ts").startServer>>;
+let served = 0;
+
+/**
+ * One `amber serve` process per benchmark process, serving durable embedded stores (one
+ * database name per run) from a temporary directory; stopped when the benchmark ends.
+ */
+function sharedServer(): Promise<Served> {
+  server ??= (async () => {
+    const { startServer } = await import("../test/server-process.ts");
+    const dir = mkdtempSync(join(tmpdir(), "amber-bench-served-"));
+    const srv = await startServer(join(dir, "{name}"));
+    // The server must not keep the benchmark alive: once the script is done, "exit"
+    // below stops it (its pipes and process handle are not waited for).
+    srv.child.unref();
+    for (const stream of [srv.child.stdout, srv.child.stderr]) (stream as unknown as { unref?: () => void } | null)?.unref?.();
+    process.once("beforeExit", () => {
+      void srv.stop().then(() => rmSync(dir, { recursive: true, force: true }));
+    });
+    // Also when the benchmark exits another way (an error, process.exit): never leave it running.
+    process.once("exit", () => {
+      if (srv.child.exitCode === null) srv.child.kill("SIGKILL");
+      rmSync(dir, { recursive: true, force: true });
+    });
+    return srv;
+  })();
+  return server;
 }
 
 /** A fresh, empty database for one run. `embedded` = a temp directory, durable commits. */
 export function makeTarget(kind: string): Target {
+  if (kind === "server") {
+    const name = `run${++served}`;
+    return {
+      label: labelOf(kind),
+      open: async () => DB.open(`${(await sharedServer()).url}/${name}`),
+      dispose: async () => {},
+    };
+  }
   if (kind === "memory:" || kind === "memory") {
     const storage = new MemoryStorage();
     // A view of the storage whose close() keeps the data, so a "new DB object" sees it.

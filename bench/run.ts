@@ -1,6 +1,6 @@
 /**
  * Runs the benchmark workloads, each in its own process.
- *   npm run bench                                   all workloads on memory: and embedded
+ *   npm run bench                                   all workloads on memory:, embedded and server
  *   npm run bench -- shootout --storage embedded    one workload on one storage
  */
 import { execFileSync } from "node:child_process";
@@ -9,13 +9,14 @@ import { header } from "./lib.ts";
 const workloads: Record<string, { script: string; nodeArgs?: string[]; perStorage: boolean }> = {
   shootout: { script: "bench/shootout.ts", perStorage: true },
   closure: { script: "bench/closure.ts", perStorage: true },
+  n_plus_1: { script: "bench/n-plus-1.ts", perStorage: true },
   "hot-field": { script: "bench/hot-field.ts", perStorage: false },
   memory: { script: "bench/memory.ts", nodeArgs: ["--expose-gc"], perStorage: true },
 };
 
 const args = process.argv.slice(2);
 const si = args.indexOf("--storage");
-const storages = si >= 0 ? [args[si + 1]!] : ["memory:", "embedded"];
+const storages = si >= 0 ? [args[si + 1]!] : ["memory:", "embedded", "server"];
 const names = args.filter((a, i) => !a.startsWith("--") && (si < 0 || i !== si + 1));
 const chosen = names.length > 0 ? names : Object.keys(workloads);
 for (const name of chosen) if (!(name in workloads)) throw new Error(`unknown workload ${name}; known: ${Object.keys(workloads).join(", ")}`);

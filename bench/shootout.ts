@@ -1,6 +1,8 @@
 /**
  * Workload a (shootout), as BENCH.md describes: add, update, cold, warm, hot over 10,000
- * Items in a BTree keyed by int.  `tsx bench/shootout.ts --storage memory:|embedded`
+ * Items in a BTree keyed by int.  `tsx bench/shootout.ts --storage memory:|embedded|server`
+ * cold+prefetch: the Items are ghosts (buckets loaded before the timer), one prefetch, reads.
+ * cold+closure: one loadClosure of the tree, then the reads.
  */
 import { BTree } from "../src/index.ts";
 import { argValue, labelOf, makeTarget, phase, report, type Phase } from "./lib.ts";
@@ -21,7 +23,7 @@ function readAll(tree: BTree<number, Item>): number {
   return x;
 }
 
-const results: Record<string, Phase[]> = { add: [], update: [], cold: [], warm: [], hot: [] };
+const results: Record<string, Phase[]> = { add: [], update: [], cold: [], warm: [], hot: [], "cold+prefetch": [], "cold+closure": [] };
 for (let run = 0; run < WARMUP + RUNS; run++) {
   if (run === WARMUP) for (const k of Object.keys(results)) results[k] = [];
   const target = makeTarget(storage);
@@ -62,6 +64,30 @@ for (let run = 0; run < WARMUP + RUNS; run++) {
   const hot: Phase[] = [];
   for (let r = 0; r < 20; r++) hot.push(await phase(conn, N, () => readAll(tree())));
   results.hot!.push(hot.sort((a, b) => a.ms - b.ms)[0]!);
+  await conn.close();
+  await db.close();
+  // cold+prefetch: a new DB object; the tree's buckets are loaded before the timer, so the
+  // 10,000 Items are ghosts; one prefetch of them, then the same reads.
+  db = await target.open();
+  conn = db.open({ cacheSize: 100_000 });
+  const ghosts = [...tree().values()];
+  results["cold+prefetch"]!.push(
+    await phase(conn, N, async () => {
+      await conn.prefetch(ghosts);
+      return readAll(tree());
+    }),
+  );
+  await conn.close();
+  await db.close();
+  // cold+closure: a new DB object; one loadClosure of the tree (buckets and Items), then the reads.
+  db = await target.open();
+  conn = db.open({ cacheSize: 100_000 });
+  results["cold+closure"]!.push(
+    await phase(conn, N, async () => {
+      await conn.loadClosure(tree());
+      return readAll(tree());
+    }),
+  );
   await conn.close();
   await db.close();
   await target.dispose();
