@@ -25,6 +25,8 @@ export {
 export { PersistentMap, type PersistentMapOptions } from "./persistent/persistent-map.ts";
 export { PersistentList } from "./persistent/persistent-list.ts";
 export { PersistentSet } from "./persistent/persistent-set.ts";
+export { Counter } from "./collections/counter.ts";
+export { PersistentRef, type State, type ConflictResolver } from "./connection/conflict.ts";
 export { BTree, type BTreeKey, type BTreeOptions, type BTreeRangeOptions } from "./collections/btree.ts";
 export { BrokenObject } from "./persistent/broken-object.ts";
 export { BrokenValue } from "./codec/state.ts";

@@ -101,7 +101,7 @@ const currentPath = (): string => {
 };
 
 let encoding: EncodeContext | null = null;
-let decodingRefs: readonly Persistent[] | null = null;
+let decodingRefs: readonly unknown[] | null = null;
 
 // copyBuffers: decoded binary values never alias the record bytes, which may be memory a
 // storage only lends for the duration of the decode.
@@ -273,7 +273,7 @@ function pack(ctx: EncodeContext, state: Record<string, unknown>): EncodedState 
  */
 export function decodeState(
   bytes: Uint8Array,
-  refs: readonly Persistent[],
+  refs: readonly unknown[],
   shared = true,
   start = 0,
   end = bytes.length,

@@ -72,6 +72,7 @@ import {
 import { checkTree } from "./btree-check.ts";
 import { ENTRIES, KEYS, VALUES, scan, type Bound } from "./btree-iterate.ts";
 import { checkKey, ownKey, type BTreeKey } from "./key-compare.ts";
+import { ABSENT, logChange, logClear } from "./btree-merge.ts";
 
 export type { BTreeKey };
 
@@ -159,6 +160,7 @@ export class BTree<K extends BTreeKey = BTreeKey, V = unknown> extends Persisten
   /** Remove every entry. */
   clear(): void {
     const root = this[TREE].root;
+    if (!isBucket(root) || root[BUCKET].keys.length > 0) logClear(this);
     if (!isBucket(root)) {
       writeTree(this).root = new BTreeBucket<K, V>();
     } else if (root[BUCKET].keys.length > 0) {
@@ -315,9 +317,13 @@ function insert<K extends BTreeKey, V>(tree: BTree<K, V>, key: K, value: V): voi
   const found = bucket[BUCKET];
   const i = search(found.keys, key);
   if (i >= 0) {
-    if (!Object.is(found.values[i], value)) writeBucket(bucket).values[i] = value;
+    if (!Object.is(found.values[i], value)) {
+      logChange(tree, ownKey(key), found.values[i]);
+      writeBucket(bucket).values[i] = value;
+    }
     return;
   }
+  logChange(tree, ownKey(key), ABSENT);
   const d = writeBucket(bucket);
   const at = -i - 1;
   d.keys.splice(at, 0, ownKey(key));
@@ -362,6 +368,7 @@ function remove<K extends BTreeKey, V>(tree: BTree<K, V>, key: K): boolean {
   const bucket = path.bucket;
   const i = search(bucket[BUCKET].keys, key);
   if (i < 0) return false;
+  logChange(tree, ownKey(key), bucket[BUCKET].values[i]);
   const d = writeBucket(bucket);
   if (d.keys.length > 1 || path.nodes.length === 0) {
     d.keys.splice(i, 1);
@@ -405,4 +412,11 @@ function collapseRoot<K extends BTreeKey, V>(tree: BTree<K, V>): void {
 /** The current root of `tree`, read afresh each time (the tree object may be reloaded). */
 function rootGetter<K extends BTreeKey, V>(tree: BTree<K, V>): () => BTreePiece<K, V> {
   return () => tree[TREE].root;
+}
+
+/** @internal The value of `key` in `tree`, or ABSENT (for merging, btree-merge.ts). */
+export function lookupEntry(tree: BTree, key: unknown): unknown {
+  const d = findBucket(tree[TREE].root, key as BTreeKey)[BUCKET];
+  const i = search(d.keys, key as BTreeKey);
+  return i >= 0 ? d.values[i] : ABSENT;
 }

@@ -23,8 +23,11 @@ import {
   type ConflictDetail,
 } from "../errors.ts";
 import { BrokenObject, keepOriginal } from "../persistent/broken-object.ts";
-import { classByName } from "../persistent/class-registry.ts";
-import { BTree } from "../collections/btree.ts";
+import { classByName, persistentInfo } from "../persistent/class-registry.ts";
+import { BTree, lookupEntry, type BTreeKey } from "../collections/btree.ts";
+import { BTreeBucket, BTreeNode } from "../collections/btree-bucket.ts";
+import { netChanges, replay, replayable, type NetChange, type TreeLog } from "../collections/btree-merge.ts";
+import { PersistentRef, RefTable, liveState, resolverOf, type State } from "./conflict.ts";
 import { PersistentList } from "../persistent/persistent-list.ts";
 import { PersistentMap } from "../persistent/persistent-map.ts";
 import { PersistentSet } from "../persistent/persistent-set.ts";
@@ -137,6 +140,13 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
   #session: number | undefined;
   /** Counts transactions: a load that was in flight across a boundary is dropped. */
   #txn = 0;
+  /** Notes objects keep for this transaction (Jar.transactionNotes), or null. */
+  #notes: Map<object, unknown> | null = null;
+  /**
+   * The stored state bytes each object of a class with `resolveConflict` was read at: the
+   * "original" given to the hook. Kept only for such classes.
+   */
+  readonly #originals = new WeakMap<Meta, { bytes: Uint8Array; shared: boolean }>();
 
   /** @internal Use `db.open()`. */
   constructor(host: ConnectionHost, tid: Tid, options: ConnectionOptions = {}) {
@@ -508,6 +518,11 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
   }
 
   /** @internal */
+  transactionNotes(): Map<object, unknown> {
+    return (this.#notes ??= new Map());
+  }
+
+  /** @internal */
   changed(obj: Persistent, meta: Meta): void {
     if (meta.state === SAVED) {
       meta.state = CHANGED;
@@ -528,74 +543,215 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
       throw new TransactionError("commit() called while a commit of this connection is in flight", "in-flight");
     }
     this.#committing = true;
-    const adopted: Meta[] = [];
+    let adopted: Meta[] = [];
     try {
-      const work: Array<[Persistent, Meta]> = [];
-      for (const [obj, meta] of this.#cache.loadedEntries()) if (this.isDirty(obj, meta)) work.push([obj, meta]);
-      if (this.#at !== undefined && work.length > 0) {
-        throw new TransactionError("cannot commit changes in a read-only historical view", "read-only");
-      }
-      if (work.length === 0 && this.#readCurrent.size === 0) {
+      for (let round = 1; ; round++) {
+        const work: Array<[Persistent, Meta]> = [];
+        for (const [obj, meta] of this.#cache.loadedEntries()) if (this.isDirty(obj, meta)) work.push([obj, meta]);
+        if (this.#at !== undefined && work.length > 0) {
+          throw new TransactionError("cannot commit changes in a read-only historical view", "read-only");
+        }
+        if (round === 1 && work.length === 0 && this.#readCurrent.size === 0) {
+          this.#committing = false;
+          this.#begin();
+          return;
+        }
+        this.#checkSession();
+        adopted = [];
+        const snaps = encodeChanged(this, work, adopted);
+        if (adopted.length > 0) await this.#assignOids(adopted);
+        const request = buildRequest(work, snaps, this.#readCurrent.values());
+        this.stats.roundTrips++;
+        const conflicts = await this.#storage.vote(request);
+        if (this.#storage.session !== this.#session) {
+          await this.#storage.abort(request); // voted in a new session: this transaction read the old one
+          this.#checkSession();
+        }
+        if (conflicts.length > 0) {
+          await this.#storage.abort(request); // a storage that locks at vote releases here
+          // Classes that resolve conflicts merge, and the transaction votes again.
+          if (round < MAX_RESOLVE_ROUNDS && this.#resolve(conflicts, work, snaps)) {
+            forgetOids(adopted);
+            continue;
+          }
+          throw conflictErrorFor(conflicts, work, this.#readCurrent.values());
+        }
+        this.stats.roundTrips++;
+        let tid: Tid;
+        try {
+          tid = await this.#storage.finish(request);
+        } catch (err) {
+          if (err instanceof ConflictError) {
+            // A commit came between vote and finish: vote again if it may merge.
+            if (round < MAX_RESOLVE_ROUNDS && err.conflicts.every((c) => this.#mayResolve(c.oid, work))) {
+              forgetOids(adopted);
+              continue;
+            }
+            throw conflictErrorFor(err.conflicts.map(toStorageConflict), work, this.#readCurrent.values());
+          }
+          throw err;
+        }
+        this.stats.commits++;
+        const inFlight = this.#committed(work, snaps, request, tid);
+        // Objects outside the commit that were assigned to while it was in flight: their
+        // change belongs to no transaction (top-level assignments; see README).
+        const written = new Set<Meta>();
+        for (const [, m] of work) written.add(m);
+        for (const [obj, meta] of this.#cache.loadedObjects()) {
+          if (!written.has(meta) && meta.state === SAVED && differs(obj, meta, false)) {
+            inFlight.push(`${meta.className}#${meta.oid}`);
+            this.#ghostify(obj, meta);
+          }
+        }
         this.#committing = false;
-        this.#begin();
+        this.#readCurrent.clear();
+        this.#begin(tid);
+        if (inFlight.length > 0) {
+          throw new TransactionError(
+            `the commit succeeded (tid ${tid}), but ${inFlight.join(", ")} changed while it was in flight; ` +
+              `those changes belong to no transaction and were discarded`,
+            "changed-in-flight",
+          );
+        }
         return;
       }
-      this.#checkSession();
-      const snaps = encodeChanged(this, work, adopted);
-      if (adopted.length > 0) await this.#assignOids(adopted);
-      const request = buildRequest(work, snaps, this.#readCurrent.values());
-      this.stats.roundTrips++;
-      const conflicts = await this.#storage.vote(request);
-      if (this.#storage.session !== this.#session) {
-        await this.#storage.abort(request); // voted in a new session: this transaction read the old one
-        this.#checkSession();
-      }
-      if (conflicts.length > 0) {
-        await this.#storage.abort(request); // a storage that locks at vote releases here
-        throw conflictErrorFor(conflicts, work, this.#readCurrent.values());
-      }
-      this.stats.roundTrips++;
-      let tid: Tid;
-      try {
-        tid = await this.#storage.finish(request);
-      } catch (err) {
-        if (err instanceof ConflictError) {
-          throw conflictErrorFor(err.conflicts.map(toStorageConflict), work, this.#readCurrent.values());
-        }
-        throw err;
-      }
-      this.stats.commits++;
-      const inFlight = this.#committed(work, snaps, request, tid);
-      // Objects outside the commit that were assigned to while it was in flight: their
-      // change belongs to no transaction (top-level assignments; see README).
-      const written = new Set<Meta>();
-      for (const [, m] of work) written.add(m);
-      for (const [obj, meta] of this.#cache.loadedObjects()) {
-        if (!written.has(meta) && meta.state === SAVED && differs(obj, meta, false)) {
-          inFlight.push(`${meta.className}#${meta.oid}`);
-          this.#ghostify(obj, meta);
-        }
-      }
-      this.#committing = false;
-      this.#readCurrent.clear();
-      this.#begin(tid);
-      if (inFlight.length > 0) {
-        throw new TransactionError(
-          `the commit succeeded (tid ${tid}), but ${inFlight.join(", ")} changed while it was in flight; ` +
-            `those changes belong to no transaction and were discarded`,
-          "changed-in-flight",
-        );
-      }
     } catch (err) {
-      for (const m of adopted) {
-        if (m.state === NEW) {
-          m.jar = null;
-          m.oid = -1;
-        }
-      }
+      forgetOids(adopted);
       throw err;
     } finally {
       this.#committing = false;
+    }
+  }
+
+  /** Could a conflict on `oid` (an object this transaction writes) be merged? */
+  #mayResolve(oid: Oid, work: Array<[Persistent, Meta]>): boolean {
+    const entry = work.find(([, m]) => m.oid === oid);
+    if (entry === undefined) return false;
+    const obj = entry[0];
+    return isTreePiece(obj) || resolverOf(obj.constructor) !== undefined;
+  }
+
+  /**
+   * Merge the conflicts of a vote (SPEC §5). Objects of classes with `resolveConflict`
+   * get the state it returns, based on the committed revision; BTree pieces are merged by
+   * replaying this transaction's key changes on the newest tree (btree-merge.ts). Returns
+   * false, having changed nothing, when any conflict cannot be merged; after a merge of a
+   * BTree it may return false having replayed part of it (the commit fails and is aborted).
+   */
+  #resolve(conflicts: StorageConflict[], work: Array<[Persistent, Meta]>, snaps: Array<ObjectSnapshot | null>): boolean {
+    const index = new Map<Oid, number>();
+    for (let i = 0; i < work.length; i++) index.set(work[i]![1].oid, i);
+    const installs: Array<() => void> = [];
+    let trees = false;
+    const table = new RefTable();
+    const refsOfObjects = (objs: readonly Persistent[]): PersistentRef[] =>
+      objs.map((p) => {
+        const m = metaOf(p);
+        return table.ref(m.oid, m.className !== "" ? m.className : persistentInfo(p).name);
+      });
+    for (const c of conflicts) {
+      if (c.readOnly || c.committedData === null || c.readSerial === 0) return false;
+      const i = index.get(c.oid);
+      if (i === undefined) return false;
+      const [obj, meta] = work[i]!;
+      const snap = snaps[i];
+      if (snap === null || snap === undefined) return false;
+      if (isTreePiece(obj)) {
+        trees = true;
+        continue;
+      }
+      const resolver = resolverOf(obj.constructor);
+      const orig = this.#originals.get(meta);
+      if (resolver === undefined || orig === undefined || meta.refs === null) return false;
+      let env: ParsedEnvelope;
+      let resolved: unknown;
+      try {
+        env = readEnvelope(c.committedData, c.oid);
+        if (env.className !== meta.className) return false;
+        const original = decodeState(orig.bytes, refsOfObjects(meta.refs), orig.shared);
+        const committed = decodeState(env.data, table.refs(env.refOids, env.refClasses), env.shared, env.stateStart, env.stateEnd);
+        const mine = decodeState(snap.state, refsOfObjects(snap.refs), snap.shared);
+        resolved = resolver.call(obj.constructor, original, committed, mine);
+      } catch {
+        return false; // a resolver that throws keeps the conflict
+      }
+      if (typeof resolved !== "object" || resolved === null || Array.isArray(resolved)) return false;
+      const committedEnv = env;
+      const serial = c.committedSerial;
+      installs.push(() => {
+        putState(obj, liveState(resolved as State, (r) => this.#objectFor(r.oid, r.className)));
+        meta.serial = serial;
+        meta.state = CHANGED;
+        meta.refs = this.#refsOf(committedEnv, meta);
+        this.#originals.set(meta, { bytes: copyBytes(committedEnv.state), shared: committedEnv.shared });
+      });
+    }
+    if (trees && !this.#treesReplayable()) return false;
+    for (const install of installs) install();
+    if (trees && !this.#replayTrees(work)) return false;
+    this.stats.conflictsResolved += conflicts.length;
+    return true;
+  }
+
+  /** Did this transaction change BTrees only in ways that can be replayed? */
+  #treesReplayable(): boolean {
+    let any = false;
+    for (const [owner, log] of this.#notes ?? []) {
+      if (!(owner instanceof BTree)) continue;
+      if (!replayable(log as TreeLog)) return false;
+      any = true;
+    }
+    return any && this.#storage.changesSinceSync !== undefined;
+  }
+
+  /**
+   * Redo this transaction's BTree changes on the newest snapshot (see btree-merge.ts):
+   * take the net change per key, drop every change to BTree pieces, move this
+   * transaction's reads to the newest snapshot (objects it changed keep the serial they
+   * were read at, so the next vote still checks them), and apply the changes again.
+   */
+  #replayTrees(work: Array<[Persistent, Meta]>): boolean {
+    const strict = this.#strict;
+    this.#strict = false; // the replay reads pieces no plan loaded
+    this.#committing = false; // and changes them, as part of this commit
+    try {
+      const pending: Array<[BTree, NetChange[]]> = [];
+      for (const [owner, log] of this.#notes ?? []) {
+        if (owner instanceof BTree) pending.push([owner, netChanges(log as TreeLog, (k) => lookupEntry(owner, k))]);
+      }
+      const keep = new Set<Meta>(this.#readCurrent.values());
+      for (const [obj, meta] of work) {
+        if (isTreePiece(obj)) {
+          if (meta.state !== NEW) this.#ghostify(obj, meta);
+        } else keep.add(meta);
+      }
+      const changes = this.#storage.changesSinceSync!(this.#tid);
+      if (changes.local !== true) this.stats.roundTrips++;
+      if (changes.oids === null) {
+        for (const [obj, meta] of this.#cache.loadedObjects()) if (!keep.has(meta)) this.#ghostify(obj, meta);
+      } else {
+        for (const oid of changes.oids) {
+          const obj = this.#cache.get(oid);
+          if (obj === undefined) continue;
+          const meta = metaOf(obj);
+          if (meta.state !== GHOST && meta.state !== NEW && !keep.has(meta)) this.#ghostify(obj, meta);
+        }
+      }
+      this.#tid = Math.max(this.#tid, changes.tid);
+      this.#notes = null; // the replay logs its changes afresh, relative to the newest tree
+      for (const [tree, net] of pending) {
+        const stands = replay(
+          net,
+          (k) => lookupEntry(tree, k),
+          (k, v) => tree.set(k as BTreeKey, v),
+          (k) => tree.delete(k as BTreeKey),
+        );
+        if (stands !== undefined) return false;
+      }
+      return true;
+    } finally {
+      this.#strict = strict;
+      this.#committing = true;
     }
   }
 
@@ -772,6 +928,7 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
         upgraded = true;
       }
     }
+    if (keepsOriginal(obj, state)) this.#originals.set(meta, { bytes: lent ? copyBytes(env.state) : env.state, shared: env.shared });
     putState(obj, state);
     meta.serial = rec.serial;
     meta.state = upgraded ? CHANGED : SAVED;
@@ -857,6 +1014,7 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
         meta.bytes = snap.state;
         meta.refs = snap.refs;
         meta.containers = snap.containers && !isSelfTracking(obj);
+        if (keepsOriginal(obj, snap.values)) this.#originals.set(meta, { bytes: snap.state, shared: snap.shared });
       }
       if (wasNew) {
         this.#cache.add(meta.oid, obj);
@@ -876,6 +1034,7 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
   /** Begin a new transaction: apply invalidations, move to the newest snapshot, trim the cache. */
   #begin(committedTid?: Tid): void {
     this.#txn++;
+    this.#notes = null;
     if (this.#cache.overBudget()) this.#cache.shrink(this.#evict);
     const s = this.#storage;
     if (this.#at !== undefined) {
@@ -950,6 +1109,30 @@ function itemsOf(v: unknown): Persistent[] {
 /** A copy (Buffer's own `slice` would be a view of the same memory). */
 function copyBytes(bytes: Uint8Array): Uint8Array {
   return Uint8Array.prototype.slice.call(bytes);
+}
+
+/** Conflict resolution rounds (vote, merge, vote again) before a commit gives up. */
+const MAX_RESOLVE_ROUNDS = 16;
+
+/** New objects given oids by a vote that did not commit get them again next time. */
+function forgetOids(adopted: Meta[]): void {
+  for (const m of adopted) {
+    if (m.state === NEW) {
+      m.jar = null;
+      m.oid = -1;
+    }
+  }
+}
+
+/** Keep the stored bytes an object was read at (its class resolves conflicts)? */
+function keepsOriginal(obj: Persistent, state: Record<string, unknown>): boolean {
+  if (resolverOf(obj.constructor) === undefined) return false;
+  return !(obj instanceof PersistentMap) || state.mergeKeys === true;
+}
+
+/** A piece of a BTree (their conflicts merge by replay, not by a hook). */
+function isTreePiece(obj: Persistent): boolean {
+  return obj instanceof BTree || obj instanceof BTreeBucket || obj instanceof BTreeNode;
 }
 
 function toStorageConflict(c: ConflictDetail): StorageConflict {

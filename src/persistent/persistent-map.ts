@@ -7,8 +7,10 @@
  */
 import { registerClass } from "./class-registry.ts";
 import { CLEAR_STATE, GET_STATE, Persistent, SET_STATE, changedSlot, setSlot } from "./persistent.ts";
+import { isMergeableKey, sameValue, type State } from "../connection/conflict.ts";
 
 const DATA: unique symbol = Symbol("amber.map");
+const ABSENT = Symbol("absent");
 const MERGE: unique symbol = Symbol("amber.mergeKeys");
 
 export interface PersistentMapOptions {
@@ -75,6 +77,31 @@ export class PersistentMap<K = unknown, V = unknown> extends Persistent implemen
   }
   toJSON(): Array<[K, V]> {
     return [...this[DATA]];
+  }
+
+  /**
+   * With `mergeKeys`, concurrent changes to different keys merge (and both sides making
+   * the same change to a key); two different changes to one key keep the conflict. Keys
+   * must be primitives or persistent objects; maps without `mergeKeys` keep every conflict.
+   */
+  static resolveConflict(original: State, committed: State, mine: State): State | undefined {
+    if (original.mergeKeys !== true || committed.mergeKeys !== true || mine.mergeKeys !== true) return undefined;
+    const [o, c, m] = [original.data, committed.data, mine.data];
+    if (!(o instanceof Map) || !(c instanceof Map) || !(m instanceof Map)) return undefined;
+    for (const s of [o, c, m]) for (const k of s.keys()) if (!isMergeableKey(k)) return undefined;
+    const data = new Map(c);
+    const keys = new Set([...o.keys(), ...m.keys()]);
+    for (const k of keys) {
+      const mo = o.has(k) ? o.get(k) : ABSENT;
+      const mm = m.has(k) ? m.get(k) : ABSENT;
+      if (sameValue(mo, mm)) continue; // not changed by this transaction
+      const mc = c.has(k) ? c.get(k) : ABSENT;
+      if (sameValue(mc, mm)) continue; // the same change committed
+      if (!sameValue(mc, mo)) return undefined; // changed differently by both
+      if (mm === ABSENT) data.delete(k);
+      else data.set(k, mm);
+    }
+    return { data, mergeKeys: true };
   }
 
   /** @internal */

@@ -4,6 +4,7 @@
  */
 import { registerClass } from "./class-registry.ts";
 import { CLEAR_STATE, GET_STATE, Persistent, SET_STATE, changedSlot, setSlot } from "./persistent.ts";
+import { isMergeableKey, type State } from "../connection/conflict.ts";
 
 const DATA: unique symbol = Symbol("amber.set");
 
@@ -57,6 +58,21 @@ export class PersistentSet<T = unknown> extends Persistent implements Iterable<T
   }
   toJSON(): T[] {
     return [...this[DATA]];
+  }
+
+  /**
+   * Concurrent adds and removes merge: the committed members, plus what this transaction
+   * added, minus what it removed. Members that are plain containers (arrays, objects)
+   * cannot be matched across transactions: such a set keeps its conflicts.
+   */
+  static resolveConflict(original: State, committed: State, mine: State): State | undefined {
+    const [o, c, m] = [original.members, committed.members, mine.members];
+    if (!(o instanceof Set) || !(c instanceof Set) || !(m instanceof Set)) return undefined;
+    for (const s of [o, c, m]) for (const x of s) if (!isMergeableKey(x)) return undefined;
+    const members = new Set(c);
+    for (const x of m) if (!o.has(x)) members.add(x);
+    for (const x of o) if (!m.has(x)) members.delete(x);
+    return { members };
   }
 
   /** @internal */

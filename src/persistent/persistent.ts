@@ -52,6 +52,11 @@ export interface Jar {
   isDirty(obj: Persistent, meta: Meta): boolean;
   /** `markChanged` was called on a loaded object. */
   changed(obj: Persistent, meta: Meta): void;
+  /**
+   * Per-transaction notes kept by objects for conflict resolution (a BTree's log of the
+   * keys it changed), keyed by the object; emptied when the transaction ends.
+   */
+  transactionNotes(): Map<object, unknown>;
 }
 
 /** @internal Bookkeeping for one persistent object. */
