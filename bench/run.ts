@@ -6,12 +6,16 @@
 import { execFileSync } from "node:child_process";
 import { header } from "./lib.ts";
 
-const workloads: Record<string, { script: string; nodeArgs?: string[]; perStorage: boolean }> = {
+// `table`: the script prints rows of its own table, not the shared phase table.
+const workloads: Record<string, { script: string; nodeArgs?: string[]; perStorage: boolean; table?: boolean }> = {
   shootout: { script: "bench/shootout.ts", perStorage: true },
   closure: { script: "bench/closure.ts", perStorage: true },
   n_plus_1: { script: "bench/n-plus-1.ts", perStorage: true },
   "hot-field": { script: "bench/hot-field.ts", perStorage: false },
   memory: { script: "bench/memory.ts", nodeArgs: ["--expose-gc"], perStorage: true },
+  conflicts: { script: "bench/conflicts.ts", perStorage: true, table: true },
+  btree: { script: "bench/btree.ts", perStorage: true, table: true },
+  "btree-writers": { script: "bench/btree-writers.ts", perStorage: true, table: true },
 };
 
 const args = process.argv.slice(2);
@@ -26,7 +30,7 @@ let printedHeader = false;
 for (const name of chosen) {
   const w = workloads[name]!;
   for (const storage of w.perStorage ? storages : [""]) {
-    if (w.perStorage && name !== "memory" && !printedHeader) {
+    if (w.perStorage && name !== "memory" && !w.table && !printedHeader) {
       header();
       printedHeader = true;
     }
@@ -36,6 +40,6 @@ for (const name of chosen) {
       { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] },
     );
     process.stdout.write(out);
-    if (!w.perStorage || name === "memory") printedHeader = false;
+    if (!w.perStorage || name === "memory" || w.table) printedHeader = false;
   }
 }
