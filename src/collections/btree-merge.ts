@@ -18,7 +18,12 @@
  * Then it votes again: the pieces it writes now carry their newest serials, so a commit
  * that came in between is caught (and merged again). Inserts and deletes of different
  * keys therefore always merge, whatever either side split; the same key changed by both
- * sides to different values conflicts; `clear()` conflicts with any concurrent change.
+ * sides to different values conflicts. A transaction that called `clear()` does not
+ * replay (its conflicts stand). Against a concurrent clear, a transaction that changed
+ * keys either conflicts on a piece the clear wrote and is merged onto the cleared tree, or
+ * (when the root was a node: the clear writes only the tree object and leaves the old
+ * pieces behind) it wrote only old pieces and is ordered before the clear, which removes
+ * its keys: a serializable outcome either way, as in ZODB.
  *
  * The log holds at most `MAX_LOGGED` changes per tree and transaction; a transaction that
  * changes more keys of one tree (a bulk load) keeps ZODB-style conflicts for that tree.
@@ -29,6 +34,12 @@ import { compareKeys } from "./key-compare.ts";
 
 /** Marks "no entry for this key". */
 export const ABSENT: unique symbol = Symbol("amber.btree.absent");
+
+/**
+ * The value before a change is unknown: a container changed in place and set again. Equal
+ * to nothing, so a concurrent change to that key conflicts.
+ */
+export const CHANGED_IN_PLACE: unique symbol = Symbol("amber.btree.changedInPlace");
 
 export const MAX_LOGGED = 100_000;
 

@@ -1,6 +1,6 @@
 import fc from "fast-check";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { DB, PersistentMap, serialOf, stateOf, type Connection } from "../index.ts";
+import { ConflictError, DB, PersistentMap, serialOf, stateOf, type Connection } from "../index.ts";
 import { GET_STATE, type Persistent } from "../persistent/persistent.ts";
 import { BTreeBucket, BTreeNode, BUCKET, NODE } from "./btree-bucket.ts";
 import { BTree, type BTreeKey, type BTreeRangeOptions } from "./btree.ts";
@@ -605,6 +605,30 @@ describe("BTree in a database", () => {
       await other.close();
     }
     await conn.close();
+  });
+
+  it("a container value changed in place and set again is written; a concurrent change to that key conflicts", async () => {
+    const tree = new BTree<number, number[]>({ bucketSize: 4, nodeSize: 4 });
+    for (let k = 0; k < 20; k++) tree.set(k, [k]);
+    await store(tree);
+    const c1 = fresh();
+    const c2 = fresh();
+    const t1 = c1.root().get("t") as BTree<number, number[]>;
+    const arr = t1.get(7)!;
+    arr.push(70);
+    t1.set(7, arr); // the same array: written because it may have changed in place
+    await c1.commit();
+    const c3 = fresh();
+    expect((c3.root().get("t") as BTree<number, number[]>).get(7)).toEqual([7, 70]);
+    await c3.close();
+    // c2 read key 7 before that commit: changing it in place too cannot merge.
+    const t2 = c2.root().get("t") as BTree<number, number[]>;
+    const arr2 = t2.get(7)!;
+    arr2.push(71);
+    t2.set(7, arr2);
+    await expect(c2.commit()).rejects.toBeInstanceOf(ConflictError);
+    await c1.close();
+    await c2.close();
   });
 
   it("an insert into a bucket that a concurrent transaction emptied and unlinked merges, and is not lost", async () => {

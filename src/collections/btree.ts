@@ -51,7 +51,7 @@
  * classes and navigation among them), btree-check.ts (`check()`), key-compare.ts (keys).
  */
 import { registerClass } from "../persistent/class-registry.ts";
-import { CLEAR_STATE, GET_STATE, Persistent, SET_STATE, changedSlot, setSlot } from "../persistent/persistent.ts";
+import { CLEAR_STATE, GET_STATE, Persistent, SET_STATE, changedSlot, isPersistent, setSlot } from "../persistent/persistent.ts";
 import {
   BTreeBucket,
   BTreeNode,
@@ -72,7 +72,7 @@ import {
 import { checkTree } from "./btree-check.ts";
 import { ENTRIES, KEYS, VALUES, scan, type Bound } from "./btree-iterate.ts";
 import { checkKey, ownKey, type BTreeKey } from "./key-compare.ts";
-import { ABSENT, logChange, logClear } from "./btree-merge.ts";
+import { ABSENT, CHANGED_IN_PLACE, logChange, logClear } from "./btree-merge.ts";
 
 export type { BTreeKey };
 
@@ -317,10 +317,15 @@ function insert<K extends BTreeKey, V>(tree: BTree<K, V>, key: K, value: V): voi
   const found = bucket[BUCKET];
   const i = search(found.keys, key);
   if (i >= 0) {
-    if (!Object.is(found.values[i], value)) {
-      logChange(tree, ownKey(key), found.values[i]);
-      writeBucket(bucket).values[i] = value;
-    }
+    const old = found.values[i];
+    if (Object.is(old, value)) {
+      // The same primitive or persistent object: nothing changes. The same container,
+      // set again after changing it in place, is written (buckets are not re-encoded at
+      // commit to look for in-place changes); its value before is unknown.
+      if (typeof value !== "object" || value === null || isPersistent(value)) return;
+      logChange(tree, ownKey(key), CHANGED_IN_PLACE);
+    } else logChange(tree, ownKey(key), old);
+    writeBucket(bucket).values[i] = value;
     return;
   }
   logChange(tree, ownKey(key), ABSENT);

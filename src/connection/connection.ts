@@ -140,6 +140,12 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
   #session: number | undefined;
   /** Counts transactions: a load that was in flight across a boundary is dropped. */
   #txn = 0;
+  /**
+   * Set when a BTree replay failed part-way: the transaction's tree changes are gone, so
+   * it may not commit what is left; commit() raises this until abort().
+   */
+  #doomed: Error | null = null;
+  #replayFailed = false;
   /** Notes objects keep for this transaction (Jar.transactionNotes), or null. */
   #notes: Map<object, unknown> | null = null;
   /**
@@ -542,6 +548,7 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
     if (this.#committing) {
       throw new TransactionError("commit() called while a commit of this connection is in flight", "in-flight");
     }
+    if (this.#doomed !== null) throw this.#doomed;
     this.#committing = true;
     let adopted: Meta[] = [];
     try {
@@ -617,6 +624,7 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
       }
     } catch (err) {
       forgetOids(adopted);
+      if (this.#replayFailed && this.#doomed === null) this.#doomed = err instanceof Error ? err : new Error(String(err));
       throw err;
     } finally {
       this.#committing = false;
@@ -641,6 +649,12 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
   #resolve(conflicts: StorageConflict[], work: Array<[Persistent, Meta]>, snaps: Array<ObjectSnapshot | null>): boolean {
     const index = new Map<Oid, number>();
     for (let i = 0; i < work.length; i++) index.set(work[i]![1].oid, i);
+    // A merged state may refer to objects this transaction creates: their oids are only
+    // this vote's (forgotten before the next one), and they are not in the cache yet.
+    const objectFor = (r: PersistentRef): Persistent => {
+      const i = index.get(r.oid);
+      return i !== undefined && work[i]![1].state === NEW ? work[i]![0] : this.#objectFor(r.oid, r.className);
+    };
     const installs: Array<() => void> = [];
     let trees = false;
     const table = new RefTable();
@@ -679,7 +693,7 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
       const committedEnv = env;
       const serial = c.committedSerial;
       installs.push(() => {
-        putState(obj, liveState(resolved as State, (r) => this.#objectFor(r.oid, r.className)));
+        putState(obj, liveState(resolved as State, objectFor));
         meta.serial = serial;
         meta.state = CHANGED;
         meta.refs = this.#refsOf(committedEnv, meta);
@@ -688,7 +702,13 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
     }
     if (trees && !this.#treesReplayable()) return false;
     for (const install of installs) install();
-    if (trees && !this.#replayTrees(work)) return false;
+    let replayed = !trees;
+    try {
+      if (trees) replayed = this.#replayTrees(work);
+    } finally {
+      if (!replayed) this.#replayFailed = true;
+    }
+    if (!replayed) return false;
     this.stats.conflictsResolved += conflicts.length;
     return true;
   }
@@ -1035,6 +1055,8 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
   #begin(committedTid?: Tid): void {
     this.#txn++;
     this.#notes = null;
+    this.#doomed = null;
+    this.#replayFailed = false;
     if (this.#cache.overBudget()) this.#cache.shrink(this.#evict);
     const s = this.#storage;
     if (this.#at !== undefined) {

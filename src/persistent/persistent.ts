@@ -428,7 +428,8 @@ for (const key of [GET_STATE, SET_STATE, CLEAR_STATE]) {
  * buckets and nodes) sets this to true on its prototype: its loaded objects are then not
  * re-encoded at commit to look for in-place changes of nested values, which for large
  * collections would dominate commit time. Values stored in such a collection are compared
- * by identity: a plain value changed in place must be set again.
+ * by identity: a plain value changed in place must be set again (BTree.set writes a container
+ * set again even when it is the same object).
  */
 export const SELF_TRACKING: unique symbol = Symbol("amber.selfTracking");
 Object.defineProperty(Persistent.prototype, SELF_TRACKING, { value: false, writable: true, configurable: true });
