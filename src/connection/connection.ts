@@ -551,6 +551,7 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
     if (this.#doomed !== null) throw this.#doomed;
     this.#committing = true;
     let adopted: Meta[] = [];
+    let mergedByHooks = false;
     try {
       for (let round = 1; ; round++) {
         const work: Array<[Persistent, Meta]> = [];
@@ -567,9 +568,14 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
         adopted = [];
         const snaps = encodeChanged(this, work, adopted);
         if (adopted.length > 0) await this.#assignOids(adopted);
-        const request = buildRequest(work, snaps, this.#readCurrent.values());
+        let request = buildRequest(work, snaps, this.#readCurrent.values());
+        // After a merge by hooks, finish at once: the check there is atomic (and a local
+        // storage merges again inside it), and a second vote would only widen the window
+        // in which another commit can slip in.
+        const vote: boolean = !mergedByHooks;
+        mergedByHooks = false;
         this.stats.roundTrips++;
-        const conflicts = await this.#storage.vote(request);
+        const conflicts: StorageConflict[] = vote ? await this.#storage.vote(request) : [];
         if (this.#storage.session !== this.#session) {
           await this.#storage.abort(request); // voted in a new session: this transaction read the old one
           this.#checkSession();
@@ -577,21 +583,31 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
         if (conflicts.length > 0) {
           await this.#storage.abort(request); // a storage that locks at vote releases here
           // Classes that resolve conflicts merge, and the transaction votes again.
+          const trees: boolean = conflicts.some((c: StorageConflict) => this.#mayResolve(c.oid, work, true));
           if (round < MAX_RESOLVE_ROUNDS && this.#resolve(conflicts, work, snaps)) {
             forgetOids(adopted);
+            mergedByHooks = !trees;
             continue;
           }
           throw conflictErrorFor(conflicts, work, this.#readCurrent.values());
         }
-        this.stats.roundTrips++;
+        if (vote) this.stats.roundTrips++;
         let tid: Tid;
         try {
-          tid = await this.#storage.finish(request);
+          // A local storage merges conflicts that appear now inside its atomic section.
+          tid = await this.#storage.finish(request, (found) => {
+            const merged = this.#resolveInCommit(found, work, snaps);
+            if (merged !== null) request = merged;
+            return merged;
+          });
         } catch (err) {
           if (err instanceof ConflictError) {
             // A commit came between vote and finish: vote again if it may merge.
             if (round < MAX_RESOLVE_ROUNDS && err.conflicts.every((c) => this.#mayResolve(c.oid, work))) {
               forgetOids(adopted);
+              // Repeatedly overtaken (a server serializes commits, and another client's was
+              // in flight each time): step out of lockstep with a short jittered pause.
+              if (round >= 2) await pause(Math.random() * Math.min(20, 0.5 * 2 ** (round - 2)));
               continue;
             }
             throw conflictErrorFor(err.conflicts.map(toStorageConflict), work, this.#readCurrent.values());
@@ -631,12 +647,42 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
     }
   }
 
+  /**
+   * Merge conflicts found inside a local storage's `finish` (ResolveInCommit): hook
+   * classes only (a BTree replay loads, which cannot happen there), and only when the
+   * merged states reach no new object. Returns the request to write, or null.
+   */
+  #resolveInCommit(
+    conflicts: StorageConflict[],
+    work: Array<[Persistent, Meta]>,
+    snaps: Array<ObjectSnapshot | null>,
+  ): CommitRequest | null {
+    const index = new Map<Oid, number>();
+    for (let i = 0; i < work.length; i++) index.set(work[i]![1].oid, i);
+    for (const c of conflicts) {
+      const i = index.get(c.oid);
+      if (i === undefined || isTreePiece(work[i]![0])) return null;
+    }
+    if (!this.#resolve(conflicts, work, snaps)) return null;
+    for (const c of conflicts) {
+      const i = index.get(c.oid)!;
+      const adopted: Meta[] = [];
+      const snap = encodeChanged(this, [work[i]!], adopted);
+      if (adopted.length > 0) {
+        forgetOids(adopted); // the next round gives them oids (the state stays merged)
+        return null;
+      }
+      snaps[i] = snap[0]!;
+    }
+    return buildRequest(work, snaps, this.#readCurrent.values());
+  }
+
   /** Could a conflict on `oid` (an object this transaction writes) be merged? */
-  #mayResolve(oid: Oid, work: Array<[Persistent, Meta]>): boolean {
+  #mayResolve(oid: Oid, work: Array<[Persistent, Meta]>, treesOnly = false): boolean {
     const entry = work.find(([, m]) => m.oid === oid);
     if (entry === undefined) return false;
     const obj = entry[0];
-    return isTreePiece(obj) || resolverOf(obj.constructor) !== undefined;
+    return isTreePiece(obj) || (!treesOnly && resolverOf(obj.constructor) !== undefined);
   }
 
   /**
@@ -1134,7 +1180,11 @@ function copyBytes(bytes: Uint8Array): Uint8Array {
 }
 
 /** Conflict resolution rounds (vote, merge, vote again) before a commit gives up. */
-const MAX_RESOLVE_ROUNDS = 16;
+const MAX_RESOLVE_ROUNDS = 32;
+
+function pause(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
 
 /** New objects given oids by a vote that did not commit get them again next time. */
 function forgetOids(adopted: Meta[]): void {

@@ -22,6 +22,9 @@ function classNameOf(conflict: StorageConflict): string {
   }
 }
 
+/** How many times `finish` lets its `resolve` callback merge before it gives up. */
+export const MAX_IN_COMMIT_ROUNDS = 4;
+
 export function conflictError(conflicts: readonly StorageConflict[]): ConflictError {
   return new ConflictError(
     conflicts.map((c) => ({

@@ -15,7 +15,7 @@ import { randomUUID } from "node:crypto";
 import { StorageError } from "../errors.ts";
 import { closureOf } from "./closure.ts";
 import { walkPlan } from "./plan-walk.ts";
-import { conflictError } from "./conflicts.ts";
+import { MAX_IN_COMMIT_ROUNDS, conflictError } from "./conflicts.ts";
 import type {
   ClosureOptions,
   ClosureResult,
@@ -24,6 +24,7 @@ import type {
   PlanStep,
   Changes,
   CommitRequest,
+  ResolveInCommit,
   Oid,
   Storage,
   StorageCapabilities,
@@ -138,11 +139,17 @@ export class MemoryStorage implements Storage {
     return this.#conflicts(request);
   }
 
-  async finish(request: CommitRequest): Promise<Tid> {
+  async finish(request: CommitRequest, resolve?: ResolveInCommit): Promise<Tid> {
     this.#checkOpen();
     checkCommitRequest(request);
-    const conflicts = this.#conflicts(request);
-    if (conflicts.length > 0) throw conflictError(conflicts);
+    for (let round = 0; ; round++) {
+      const conflicts = this.#conflicts(request);
+      if (conflicts.length === 0) break;
+      const merged = resolve !== undefined && round < MAX_IN_COMMIT_ROUNDS ? resolve(conflicts) : null;
+      if (merged === null) throw conflictError(conflicts);
+      checkCommitRequest(merged);
+      request = merged;
+    }
     return this.#commit(
       request.records.map((r) => ({ oid: r.oid, data: r.data })),
       request.meta ?? {},

@@ -138,6 +138,16 @@ export interface PlanResult {
   missing: Array<{ oid: Oid; path: string }>;
 }
 
+/**
+ * Conflict resolution inside `finish`'s atomic section (local storages): called with the
+ * conflicts found there (committed data included), while no other commit can happen. It
+ * returns the transaction's request with the conflicting records merged (their `serial`
+ * the committed one), which is checked again and written, or null to fail with
+ * ConflictError. It runs synchronously and must not call the storage. A storage that
+ * cannot call it (a remote one) ignores it: the caller votes again instead.
+ */
+export type ResolveInCommit = (conflicts: StorageConflict[]) => CommitRequest | null;
+
 export interface StorageCapabilities {
   /** `loadSync` and `newOidsSync` exist: ghosts can load transparently. */
   readonly synchronous: boolean;
@@ -224,10 +234,11 @@ export interface Storage {
    * Phase two: atomically check again and write every record of `request` under one new
    * tid, which it returns. Durable when it returns (unless opened with relaxed
    * durability). If a conflict appeared since the vote, nothing is written and it raises
-   * `ConflictError` (its `conflicts` carry oids and serials; class names may be "?").
-   * Either all records are written or none are.
+   * `ConflictError` (its `conflicts` carry oids and serials; class names may be "?"),
+   * unless `resolve` merges them (see ResolveInCommit). Either all records are written or
+   * none are.
    */
-  finish(request: CommitRequest): Promise<Tid>;
+  finish(request: CommitRequest, resolve?: ResolveInCommit): Promise<Tid>;
 
   /** Give up a voted transaction (releases what `vote` held). Never throws for a valid request. */
   abort(request: CommitRequest): Promise<void>;

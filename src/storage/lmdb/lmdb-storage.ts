@@ -30,7 +30,7 @@ import { ABORT, open, TransactionFlags, type Database, type RootDatabase } from 
 import { StorageError } from "../../errors.ts";
 import { closureOf } from "../closure.ts";
 import { walkPlan } from "../plan-walk.ts";
-import { conflictError } from "../conflicts.ts";
+import { MAX_IN_COMMIT_ROUNDS, conflictError } from "../conflicts.ts";
 import type {
   Changes,
   ClosureOptions,
@@ -39,6 +39,7 @@ import type {
   PlanResult,
   PlanStep,
   CommitRequest,
+  ResolveInCommit,
   Oid,
   Storage,
   StorageCapabilities,
@@ -262,13 +263,21 @@ export class LmdbStorage implements Storage {
     return this.#conflicts(request);
   }
 
-  async finish(request: CommitRequest): Promise<Tid> {
+  async finish(request: CommitRequest, resolve?: ResolveInCommit): Promise<Tid> {
     this.#checkWritable("finish");
     checkCommitRequest(request);
     const meta = request.meta ?? {};
     const outcome = this.#writeTransaction(() => {
-      const conflicts = this.#conflicts(request);
-      return conflicts.length > 0 ? conflicts : this.#write(request.records, meta);
+      // Conflicts found here may be merged while the write lock is held, so that another
+      // process's commits cannot keep slipping in between a merge and its write.
+      for (let round = 0; ; round++) {
+        const conflicts = this.#conflicts(request);
+        if (conflicts.length === 0) return this.#write(request.records, meta);
+        const merged = resolve !== undefined && round < MAX_IN_COMMIT_ROUNDS ? resolve(conflicts) : null;
+        if (merged === null) return conflicts;
+        checkCommitRequest(merged);
+        request = merged;
+      }
     });
     if (typeof outcome !== "number") throw conflictError(outcome);
     return outcome;
