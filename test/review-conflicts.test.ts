@@ -1,7 +1,7 @@
 /**
  * Review of the conflict-resolution code (commits 7fe3a44, 0dd65e1): scenarios that
  * probe lost updates, stale reads after a BTree replay, originals of hook classes, and
- * edge cases of the built-in resolvers. Tests marked `// BUG:` fail on the reviewed code.
+ * edge cases of the built-in resolvers. Tests marked "Regression (fixed)" failed on the reviewed code.
  *
  * Some scenarios need a commit to land at a precise moment inside another connection's
  * commit (between its first vote and its replay); they wrap `db.storage.vote` to run that
@@ -110,7 +110,7 @@ describe("memory", () => {
     // The same connection, next transaction: write x (stale state, old serial) -> conflicts every time.
     (a.root().get("x") as Item).n += 1;
     const err = await errorOf(a.commit());
-    // BUG: the stale x keeps its old serial, so every later write to it conflicts (transact retries can never succeed on this connection)
+    // Regression (fixed): the stale x keeps its old serial, so every later write to it conflicts (transact retries can never succeed on this connection)
     expect(err).toBeUndefined();
     expect((fresh(db).root().get("x") as Item).n).toBe(6);
   });
@@ -151,7 +151,7 @@ describe("memory", () => {
     vb.n += 2;
     await b.commit();
     await a.commit();
-    // BUG: #originals keeps the pre-upgrade bytes ({count: 5}), so the hook sees original.n undefined and writes NaN
+    // Regression (fixed): #originals keeps the pre-upgrade bytes ({count: 5}), so the hook sees original.n undefined and writes NaN
     expect(va.n).toBe(8);
     expect((fresh(db).get(oid!) as VTally).n).toBe(8);
   });
@@ -169,7 +169,7 @@ describe("memory", () => {
     expect(x.n).toBe(0);
     h.readCurrent(x);
     const err = await errorOf(h.commit());
-    // BUG: commit() of a historical view only refuses when objects changed; with readCurrent it votes (ConflictError here) or writes an empty transaction
+    // Regression (fixed): commit() of a historical view only refuses when objects changed; with readCurrent it votes (ConflictError here) or writes an empty transaction
     expect(err).toBeUndefined();
     expect(await db.lastTid()).toBe(before);
   });
@@ -182,7 +182,7 @@ describe("memory", () => {
     const x = h.root().get("x") as Item;
     h.readCurrent(x);
     await errorOf(h.commit());
-    // BUG: the historical view's commit() reached finish and wrote an empty transaction
+    // Regression (fixed): the historical view's commit() reached finish and wrote an empty transaction
     expect(await db.lastTid()).toBe(at);
   });
 
@@ -201,7 +201,7 @@ describe("memory", () => {
     await b.commit();
     const before = await db.lastTid();
     await a.commit();
-    // BUG: after the replay nothing is left to write, but rounds > 1 skip the "nothing to commit" check and finish an empty transaction
+    // Regression (fixed): after the replay nothing is left to write, but rounds > 1 skip the "nothing to commit" check and finish an empty transaction
     expect(await db.lastTid()).toBe(before);
   });
 
@@ -222,7 +222,7 @@ describe("memory", () => {
     (b.root().get("t") as BTree<number, unknown>).set(2, "B");
     await b.commit();
     const err = await errorOf(a.commit());
-    // BUG: CHANGED_IN_PLACE equals nothing, so the replay treats key 1 as changed by the other side too and the whole transaction conflicts (SPEC §5: different keys merge)
+    // Regression (fixed): CHANGED_IN_PLACE equals nothing, so the replay treats key 1 as changed by the other side too and the whole transaction conflicts (SPEC §5: different keys merge)
     expect(err).toBeUndefined();
     const t = fresh(db).root().get("t") as BTree<number, unknown>;
     expect(t.get(1)).toEqual([1, 2, 3]);
@@ -271,7 +271,7 @@ describe("memory", () => {
     await p;
     s.load = load;
     s.vote = vote;
-    // BUG: prefetch checks only #txn, which a replay does not bump: it installs x as of the old snapshot, and #begin (from the moved tid) never invalidates it
+    // Regression (fixed): prefetch checks only #txn, which a replay does not bump: it installs x as of the old snapshot, and #begin (from the moved tid) never invalidates it
     expect(xa.n).toBe(5);
   });
 });
@@ -303,7 +303,7 @@ for (const s of storages) {
       });
       expect(await errorOf(a.commit())).toBeInstanceOf(ConflictError);
       a.abort();
-      // BUG: same as the memory case: x (readCurrent, kept by #replayTrees, snapshot moved past its change) stays at n = 0 after abort
+      // Regression (fixed): #replayTrees keeps readCurrent objects changed by others (not ghostified) and moves #tid past their change, so abort/#begin never invalidates x: it stays at n = 0
       expect((a.root().get("x") as Item).n).toBe(5);
     });
 

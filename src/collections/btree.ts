@@ -425,3 +425,8 @@ export function lookupEntry(tree: BTree, key: unknown): unknown {
   const i = search(d.keys, key as BTreeKey);
   return i >= 0 ? d.values[i] : ABSENT;
 }
+
+/** @internal The bucket that holds, or would hold, `key` in `tree` (for merging). */
+export function bucketOf(tree: BTree, key: unknown): BTreeBucket {
+  return findBucket(tree[TREE].root, key as BTreeKey) as BTreeBucket;
+}

@@ -24,9 +24,10 @@ import {
 } from "../errors.ts";
 import { BrokenObject, keepOriginal } from "../persistent/broken-object.ts";
 import { classByName, persistentInfo } from "../persistent/class-registry.ts";
-import { BTree, lookupEntry, type BTreeKey } from "../collections/btree.ts";
+import { BTree, bucketOf, lookupEntry, type BTreeKey } from "../collections/btree.ts";
+import { compareKeys } from "../collections/key-compare.ts";
 import { BTreeBucket, BTreeNode } from "../collections/btree-bucket.ts";
-import { netChanges, replay, replayable, type NetChange, type TreeLog } from "../collections/btree-merge.ts";
+import { CHANGED_IN_PLACE, netChanges, replay, replayable, type NetChange, type TreeLog } from "../collections/btree-merge.ts";
 import { PersistentRef, RefTable, liveState, resolverOf, type State } from "./conflict.ts";
 import { PersistentList } from "../persistent/persistent-list.ts";
 import { PersistentMap } from "../persistent/persistent-map.ts";
@@ -146,13 +147,15 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
    */
   #doomed: Error | null = null;
   #replayFailed = false;
+  /** Objects a BTree replay kept at an older serial although they changed (see #replayTrees). */
+  #staleKept: Persistent[] = [];
   /** Notes objects keep for this transaction (Jar.transactionNotes), or null. */
   #notes: Map<object, unknown> | null = null;
   /**
    * The stored state bytes each object of a class with `resolveConflict` was read at: the
    * "original" given to the hook. Kept only for such classes.
    */
-  readonly #originals = new WeakMap<Meta, { bytes: Uint8Array; shared: boolean }>();
+  readonly #originals = new WeakMap<Meta, { bytes: Uint8Array; shared: boolean; version: number }>();
 
   /** @internal Use `db.open()`. */
   constructor(host: ConnectionHost, tid: Tid, options: ConnectionOptions = {}) {
@@ -559,7 +562,8 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
         if (this.#at !== undefined && work.length > 0) {
           throw new TransactionError("cannot commit changes in a read-only historical view", "read-only");
         }
-        if (round === 1 && work.length === 0 && this.#readCurrent.size === 0) {
+        // Nothing to write (also when a merge found its changes already committed).
+        if (work.length === 0 && (this.#readCurrent.size === 0 || this.#at !== undefined)) {
           this.#committing = false;
           this.#begin();
           return;
@@ -727,9 +731,16 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
       let resolved: unknown;
       try {
         env = readEnvelope(c.committedData, c.oid);
-        if (env.className !== meta.className) return false;
-        const original = decodeState(orig.bytes, refsOfObjects(meta.refs), orig.shared);
-        const committed = decodeState(env.data, table.refs(env.refOids, env.refClasses), env.shared, env.stateStart, env.stateEnd);
+        const info = classByName(env.className);
+        if (info === undefined || info.cls !== obj.constructor) return false;
+        const upgrade = (info.cls as { upgrade?: (s: State, v: number) => State }).upgrade;
+        const current = (st: State, version: number): State =>
+          version < info.version && typeof upgrade === "function" ? upgrade.call(info.cls, st, version) : st;
+        const original = current(decodeState(orig.bytes, refsOfObjects(meta.refs), orig.shared), orig.version);
+        const committed = current(
+          decodeState(env.data, table.refs(env.refOids, env.refClasses), env.shared, env.stateStart, env.stateEnd),
+          env.classVersion,
+        );
         const mine = decodeState(snap.state, refsOfObjects(snap.refs), snap.shared);
         resolved = resolver.call(obj.constructor, original, committed, mine);
       } catch {
@@ -743,7 +754,7 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
         meta.serial = serial;
         meta.state = CHANGED;
         meta.refs = this.#refsOf(committedEnv, meta);
-        this.#originals.set(meta, { bytes: copyBytes(committedEnv.state), shared: committedEnv.shared });
+        this.#originals.set(meta, { bytes: copyBytes(committedEnv.state), shared: committedEnv.shared, version: committedEnv.classVersion });
       });
     }
     if (trees && !this.#treesReplayable()) return false;
@@ -757,6 +768,24 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
     if (!replayed) return false;
     this.stats.conflictsResolved += conflicts.length;
     return true;
+  }
+
+  /**
+   * The value `key` had in `tree` at this transaction's snapshot, read from the stored
+   * bucket (a container changed in place has lost it); CHANGED_IN_PLACE when unknown.
+   */
+  #storedEntry(tree: BTree, key: unknown): unknown {
+    const bucket = bucketOf(tree, key);
+    const m = metaOf(bucket);
+    const s = this.#storage;
+    if (m.state === NEW || m.oid < 0) return CHANGED_IN_PLACE;
+    const rec = s.loadOneSync?.(m.oid, this.#tid, false) ?? s.loadSync?.([m.oid], this.#tid)[0] ?? null;
+    if (rec === null) return CHANGED_IN_PLACE;
+    this.stats.roundTrips++;
+    const state = this.decodeRecord(rec);
+    const keys = state.keys as unknown[];
+    const i = Array.isArray(keys) ? keys.findIndex((k) => compareKeys(k, key) === 0) : -1;
+    return i >= 0 ? (state.values as unknown[])[i] : CHANGED_IN_PLACE;
   }
 
   /** Did this transaction change BTrees only in ways that can be replayed? */
@@ -783,7 +812,10 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
     try {
       const pending: Array<[BTree, NetChange[]]> = [];
       for (const [owner, log] of this.#notes ?? []) {
-        if (owner instanceof BTree) pending.push([owner, netChanges(log as TreeLog, (k) => lookupEntry(owner, k))]);
+        if (!(owner instanceof BTree)) continue;
+        const net = netChanges(log as TreeLog, (k) => lookupEntry(owner, k));
+        for (const change of net) if (change.orig === CHANGED_IN_PLACE) change.orig = this.#storedEntry(owner, change.key);
+        pending.push([owner, net]);
       }
       const keep = new Set<Meta>(this.#readCurrent.values());
       for (const [obj, meta] of work) {
@@ -793,17 +825,26 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
       }
       const changes = this.#storage.changesSinceSync!(this.#tid);
       if (changes.local !== true) this.stats.roundTrips++;
+      // Objects kept at their read serial that changed since stay stale until the
+      // transaction ends: #begin drops them then (it only asks for changes after the new tid).
       if (changes.oids === null) {
-        for (const [obj, meta] of this.#cache.loadedObjects()) if (!keep.has(meta)) this.#ghostify(obj, meta);
+        for (const [obj, meta] of this.#cache.loadedObjects()) {
+          if (!keep.has(meta)) this.#ghostify(obj, meta);
+          else this.#staleKept.push(obj);
+        }
       } else {
         for (const oid of changes.oids) {
           const obj = this.#cache.get(oid);
           if (obj === undefined) continue;
           const meta = metaOf(obj);
-          if (meta.state !== GHOST && meta.state !== NEW && !keep.has(meta)) this.#ghostify(obj, meta);
+          if (meta.state === GHOST || meta.state === NEW) continue;
+          if (keep.has(meta)) this.#staleKept.push(obj);
+          else this.#ghostify(obj, meta);
         }
       }
+      this.#txn++; // a load in flight from the old snapshot is dropped
       this.#tid = Math.max(this.#tid, changes.tid);
+      this.#host.noteTid(this.#tid);
       this.#notes = null; // the replay logs its changes afresh, relative to the newest tree
       for (const [tree, net] of pending) {
         const stands = replay(
@@ -994,7 +1035,10 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
         upgraded = true;
       }
     }
-    if (keepsOriginal(obj, state)) this.#originals.set(meta, { bytes: lent ? copyBytes(env.state) : env.state, shared: env.shared });
+    // The hook's "original" (upgraded, like the committed state, before the hook sees it).
+    if (keepsOriginal(obj, state)) {
+      this.#originals.set(meta, { bytes: lent ? copyBytes(env.state) : env.state, shared: env.shared, version: env.classVersion });
+    } else this.#originals.delete(meta);
     putState(obj, state);
     meta.serial = rec.serial;
     meta.state = upgraded ? CHANGED : SAVED;
@@ -1080,7 +1124,7 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
         meta.bytes = snap.state;
         meta.refs = snap.refs;
         meta.containers = snap.containers && !isSelfTracking(obj);
-        if (keepsOriginal(obj, snap.values)) this.#originals.set(meta, { bytes: snap.state, shared: snap.shared });
+        if (keepsOriginal(obj, snap.values)) this.#originals.set(meta, { bytes: snap.state, shared: snap.shared, version: snap.info.version });
       }
       if (wasNew) {
         this.#cache.add(meta.oid, obj);
@@ -1101,6 +1145,10 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
   #begin(committedTid?: Tid): void {
     this.#txn++;
     this.#notes = null;
+    for (const obj of this.#staleKept.splice(0)) {
+      const meta = metaOf(obj);
+      if ((meta.state === SAVED || meta.state === CHANGED) && meta.serial !== committedTid) this.#ghostify(obj, meta);
+    }
     this.#doomed = null;
     this.#replayFailed = false;
     if (this.#cache.overBudget()) this.#cache.shrink(this.#evict);
