@@ -1036,9 +1036,11 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
       }
     }
     // The hook's "original" (upgraded, like the committed state, before the hook sees it).
-    if (keepsOriginal(obj, state)) {
-      this.#originals.set(meta, { bytes: lent ? copyBytes(env.state) : env.state, shared: env.shared, version: env.classVersion });
-    } else this.#originals.delete(meta);
+    if (resolverOf(obj.constructor) !== undefined) {
+      if (keepsOriginal(obj, state)) {
+        this.#originals.set(meta, { bytes: lent ? copyBytes(env.state) : env.state, shared: env.shared, version: env.classVersion });
+      } else this.#originals.delete(meta); // a PersistentMap that stopped merging keys
+    }
     putState(obj, state);
     meta.serial = rec.serial;
     meta.state = upgraded ? CHANGED : SAVED;
