@@ -16,6 +16,7 @@ import { metaOf } from "../src/persistent/persistent.ts";
 import { ClientStorage } from "../src/storage/server/client-storage.ts";
 import { Cmd, FrameWriter, HEADER, PROTOCOL_VERSION, Reply } from "../src/storage/server/protocol.ts";
 import { startServer, type ServerProcess } from "./server-process.ts";
+import { sleep, until, within } from "./helpers.ts";
 
 @persistent("reviewServer.Box")
 class Box extends Persistent {
@@ -66,24 +67,7 @@ async function client(url: string, options: Parameters<typeof DB.open>[1] = {}):
   return db;
 }
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-async function until(cond: () => boolean, what: string, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(20);
-  }
-}
-
-/** `p`, or a rejection naming `what` if it takes longer than `ms`. */
-function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`HANG: ${what} did not settle within ${ms} ms`)), ms);
-  });
-  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
-}
 
 const outcome = <T>(p: Promise<T>): Promise<{ ok: T } | { err: unknown }> => p.then((ok) => ({ ok }), (err: unknown) => ({ err }));
 

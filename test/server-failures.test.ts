@@ -17,6 +17,7 @@ import { Cmd, FrameReader, FrameWriter, HEADER, PROTOCOL_VERSION, Reply } from "
 import type { ClientStorage } from "../src/storage/server/client-storage.ts";
 import type { CommitRequest } from "../src/storage/storage.ts";
 import { AMBER_BIN, startServer, type ServerProcess } from "./server-process.ts";
+import { sleep, until, within } from "./helpers.ts";
 
 @persistent("serverFailures.Box")
 class Box extends Persistent {
@@ -84,24 +85,7 @@ async function client(url: string, options: Parameters<typeof DB.open>[1] = {}):
   return db;
 }
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-async function until(cond: () => boolean, what: string, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(20);
-  }
-}
-
-/** `p`, or a rejection naming `what` if it takes longer than `ms`. */
-function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} did not settle within ${ms} ms (hang)`)), ms);
-  });
-  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
-}
 
 /** The server's fatal error, if its log has one (for failure messages). */
 const fatal = (s: ServerProcess) => /FATAL ERROR[^\n]*|Error:[^\n]*/.exec(s.log())?.[0] ?? `exit ${s.child.exitCode ?? s.child.signalCode}`;

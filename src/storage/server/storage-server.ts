@@ -25,7 +25,7 @@ import { ProtocolError, StorageError } from "../../errors.ts";
 import { closureLimits, walkClosure } from "../closure.ts";
 import { checkPlan, walkPlan } from "../plan-walk.ts";
 import { openStorage, type StorageOptions } from "../open-storage.ts";
-import type { CommitRequest, Storage } from "../storage.ts";
+import type { CommitRequest, Storage, StoredRecord } from "../storage.ts";
 import {
   CLIENT_MAX_FRAME,
   Cmd,
@@ -484,24 +484,10 @@ class Session {
         if (loadOne === undefined) {
           return s.loadClosure(oid, at, options).then((walk) => ok().records(walk.records).nums([]).u8(walk.truncated ? 1 : 0).nums(walk.missing).finish());
         }
-        // The records are written into the reply as the walk finds them (borrowed bytes,
-        // no copy); their count is patched in at the end.
         const w = ok(64 * 1024);
-        const countAt = w.position;
-        w.u32(0);
-        let count = 0;
-        const walk = walkClosure(
-          (o) => loadOne.call(s, o, at, true),
-          oid,
-          options,
-          (rec, cachedCopy) => {
-            if (cachedCopy) w.num(rec.oid).num(rec.serial).bytes(null);
-            else w.record(rec);
-            count++;
-          },
-          cached,
-        );
-        w.patchU32(countAt, count);
+        const stream = recordStream(w);
+        const walk = walkClosure((o) => loadOne.call(s, o, at, true), oid, options, stream.emit, cached);
+        stream.end();
         return done(w.nums(walk.held).u8(walk.truncated ? 1 : 0).nums(walk.missing).finish());
       }
       case Cmd.LOAD_PLAN: {
@@ -521,21 +507,9 @@ class Session {
           });
         }
         const w = ok(64 * 1024);
-        const countAt = w.position;
-        w.u32(0);
-        let count = 0;
-        const walk = walkPlan(
-          (o) => loadOne.call(s, o, at, true),
-          steps,
-          options,
-          (rec, cachedCopy) => {
-            if (cachedCopy) w.num(rec.oid).num(rec.serial).bytes(null);
-            else w.record(rec);
-            count++;
-          },
-          cached,
-        );
-        w.patchU32(countAt, count).u32(walk.groups.length);
+        const stream = recordStream(w);
+        const walk = walkPlan((o) => loadOne.call(s, o, at, true), steps, options, stream.emit, cached);
+        stream.end().u32(walk.groups.length);
         for (const g of walk.groups) w.nums(g);
         return done(w.msgpack(walk.missing).finish());
       }
@@ -650,4 +624,23 @@ class Session {
       }
     }
   }
+}
+
+/**
+ * Records written into a reply as a walk finds them (borrowed bytes, no copy): a count,
+ * patched in by `end()`, then each record; one the client holds a copy of is sent as its
+ * oid and serial with no bytes.
+ */
+function recordStream(w: FrameWriter): { emit: (rec: StoredRecord, cachedCopy: boolean) => void; end: () => FrameWriter } {
+  const countAt = w.position;
+  w.u32(0);
+  let count = 0;
+  return {
+    emit(rec, cachedCopy) {
+      if (cachedCopy) w.num(rec.oid).num(rec.serial).bytes(null);
+      else w.record(rec);
+      count++;
+    },
+    end: () => w.patchU32(countAt, count),
+  };
 }
