@@ -661,8 +661,7 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
     work: Array<[Persistent, Meta]>,
     snaps: Array<ObjectSnapshot | null>,
   ): CommitRequest | null {
-    const index = new Map<Oid, number>();
-    for (let i = 0; i < work.length; i++) index.set(work[i]![1].oid, i);
+    const index = workIndex(work);
     for (const c of conflicts) {
       const i = index.get(c.oid);
       if (i === undefined || isTreePiece(work[i]![0])) return null;
@@ -683,9 +682,9 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
 
   /** Could a conflict on `oid` (an object this transaction writes) be merged? */
   #mayResolve(oid: Oid, work: Array<[Persistent, Meta]>, treesOnly = false): boolean {
-    const entry = work.find(([, m]) => m.oid === oid);
-    if (entry === undefined) return false;
-    const obj = entry[0];
+    const i = workIndex(work).get(oid);
+    if (i === undefined) return false;
+    const obj = work[i]![0];
     return isTreePiece(obj) || (!treesOnly && resolverOf(obj.constructor) !== undefined);
   }
 
@@ -697,8 +696,7 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
    * BTree it may return false having replayed part of it (the commit fails and is aborted).
    */
   #resolve(conflicts: StorageConflict[], work: Array<[Persistent, Meta]>, snaps: Array<ObjectSnapshot | null>): boolean {
-    const index = new Map<Oid, number>();
-    for (let i = 0; i < work.length; i++) index.set(work[i]![1].oid, i);
+    const index = workIndex(work);
     // A merged state may refer to objects this transaction creates: their oids are only
     // this vote's (forgotten before the next one), and they are not in the cache yet.
     const objectFor = (r: PersistentRef): Persistent => {
@@ -1227,6 +1225,21 @@ function itemsOf(v: unknown): Persistent[] {
 /** A copy (Buffer's own `slice` would be a view of the same memory). */
 function copyBytes(bytes: Uint8Array): Uint8Array {
   return Uint8Array.prototype.slice.call(bytes);
+}
+
+/**
+ * Oid -> position in a commit round's work list, built once per round that meets a
+ * conflict (the list no longer changes by then).
+ */
+const workIndexes = new WeakMap<object, Map<Oid, number>>();
+function workIndex(work: Array<[Persistent, Meta]>): Map<Oid, number> {
+  let index = workIndexes.get(work);
+  if (index === undefined) {
+    index = new Map();
+    for (let i = 0; i < work.length; i++) index.set(work[i]![1].oid, i);
+    workIndexes.set(work, index);
+  }
+  return index;
 }
 
 /** Conflict resolution rounds (vote, merge, vote again) before a commit gives up. */
