@@ -73,7 +73,7 @@ if (role === "--reader") {
     console.log("   unexpected: the commit succeeded");
   } catch (err) {
     if (!(err instanceof ConflictError)) throw err;
-    console.log(`   commit refused: ${err.message}`);
+    console.log(`   commit refused: ${err.name}: ${err.message}`);
     conn.abort();
     console.log(`   after abort this process sees the other's value: ${first.copies} copies`);
   }

@@ -35,12 +35,9 @@ export class ConflictError extends AmberError {
         `committed since at serial ${c.committedSerial})`,
     );
     const more = conflicts.length > 5 ? ` and ${conflicts.length - 5} more` : "";
-    const tries = options?.attempts ? ` after ${options.attempts} attempts` : "";
-    super(
-      "conflict",
-      `ConflictError${tries}: another transaction committed changes to ${shown.join(", ")}${more}`,
-      options,
-    );
+    // The message does not repeat the class name: printing the error shows "ConflictError: " already.
+    const tries = options?.attempts ? `gave up after ${options.attempts} attempts: ` : "";
+    super("conflict", `${tries}another transaction committed changes to ${shown.join(", ")}${more}`, options);
     this.conflicts = conflicts;
   }
   get oids(): Oid[] {

@@ -434,7 +434,7 @@ function addRef(ctx: EncodeContext, obj: Persistent, path: string): void {
         known = true;
       }
     }
-    if (!known) ctx.checkRef(obj, currentPath);
+    if (!known) vetRef(ctx, obj);
     refs.push(obj);
     ctx.refPaths.push(path);
     if (refs.length > INDEX_AT) buildIndex(ctx);
@@ -442,7 +442,7 @@ function addRef(ctx: EncodeContext, obj: Persistent, path: string): void {
   }
   let paths = ctx.pathsOf.get(obj);
   if (paths === undefined) {
-    ctx.checkRef(obj, currentPath);
+    vetRef(ctx, obj);
     paths = [];
     ctx.pathsOf.set(obj, paths);
     ctx.firstIndex!.set(obj, refs.length);
@@ -452,6 +452,27 @@ function addRef(ctx: EncodeContext, obj: Persistent, path: string): void {
   paths.push(path);
   refs.push(obj);
   ctx.refPaths.push(path);
+}
+
+/**
+ * Let the caller vet a new reference (`checkRef`). When it refuses one because the object's
+ * class is not a registered persistent class, the refusal names the property path, like
+ * the refusal of an unregistered value class (checked only then: no cost per reference).
+ */
+function vetRef(ctx: EncodeContext, obj: Persistent): void {
+  try {
+    ctx.checkRef(obj, currentPath);
+  } catch (err) {
+    if (err === NEEDS_PATH) throw err;
+    const cls = (Object.getPrototypeOf(obj) as { constructor?: Function } | null)?.constructor;
+    const info = typeof cls === "function" ? infoOfClass(cls) : undefined;
+    if (info !== undefined && info.kind === "persistent") throw err;
+    const name = cls?.name || "(anonymous)";
+    fail(
+      ctx,
+      `class ${name} is not registered: persistent classes need @persistent("name") or registerClass(${name}, "name")`,
+    );
+  }
 }
 
 function buildIndex(ctx: EncodeContext): void {
