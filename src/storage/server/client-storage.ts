@@ -18,7 +18,7 @@
  *   transaction that spanned the outage fails instead of reading on.
  */
 import { MessageChannel, receiveMessageOnPort, Worker, type MessagePort } from "node:worker_threads";
-import { StorageError } from "../../errors.ts";
+import { ProtocolError, StorageError } from "../../errors.ts";
 import { closureLimits } from "../closure.ts";
 import { checkPlan } from "../plan-walk.ts";
 import type {
@@ -48,12 +48,18 @@ import {
   DEFAULT_PORT,
   FrameReader,
   FrameWriter,
+  notAmberError,
   PROTOCOL_VERSION,
   Reply,
   type HelloReply,
 } from "./protocol.ts";
 
 export interface ClientOptions {
+  /**
+   * false: fail with code "not-found" instead of making the server create a database
+   * that does not exist yet (servers with one store per name). Default true.
+   */
+  create?: boolean;
   /** The server's token (`amber serve --token`). */
   token?: string;
   /** Connect with TLS; `ca` trusts a self-signed server certificate. */
@@ -90,6 +96,8 @@ export class ClientStorage implements Storage {
   #session = 0;
   readonly #options: ClientOptions;
   readonly #database: string;
+  /** host:port, for messages. */
+  readonly #address: string;
   readonly #worker: Worker;
   readonly #port: MessagePort;
   readonly #signal: Int32Array;
@@ -115,6 +123,7 @@ export class ClientStorage implements Storage {
     this.url = url;
     this.#options = options;
     this.#database = database;
+    this.#address = `${host.includes(":") ? `[${host}]` : host}:${port}`;
     this.#cache = new ClientCache(options.clientCacheBytes ?? 128 * 1024 * 1024);
     const { port1, port2 } = new MessageChannel();
     this.#port = port1;
@@ -599,7 +608,12 @@ export class ClientStorage implements Storage {
 
   // --- the stream from the worker --------------------------------------------------------
 
-  #onMessage(m: { type: string; frames?: ArrayBuffer[]; error?: string }): void {
+  #onMessage(m: {
+    type: string;
+    frames?: ArrayBuffer[];
+    error?: string;
+    foreign?: { head: Uint8Array; problem: string };
+  }): void {
     switch (m.type) {
       case "frames":
         for (const f of m.frames!) this.#onFrame(new Uint8Array(f));
@@ -610,7 +624,11 @@ export class ClientStorage implements Storage {
         break;
       case "disconnected":
         this.#connectOutcome = { ok: false, error: m.error ?? "connection lost" };
-        this.#onDisconnected(m.error ?? "connection lost");
+        this.#onDisconnected(
+          m.error ?? "connection lost",
+          // The peer's first bytes were no amber frame: not an amber server at all.
+          m.foreign === undefined ? undefined : notAmberError(this.#address, this.url, m.foreign.head, m.foreign.problem),
+        );
         this.#connectWaiter?.();
         break;
     }
@@ -636,22 +654,25 @@ export class ClientStorage implements Storage {
     else p.reject(new StorageError(`${this.url} sent a reply of unknown kind ${r.kind}`, { code: "protocol" }));
   }
 
-  #onDisconnected(error: string): void {
+  /** `failure`, when given, is the error for the requests in flight (else "disconnected"). */
+  #onDisconnected(error: string, failure?: Error): void {
     // A new session at once: what a transaction of the old one reads from the record cache
     // from now on may be stale (invalidations are missed until the reconnect).
     if (this.#connected) this.#session++;
     this.#connected = false;
     this.#oidPool = [];
-    this.#failPending("disconnected", `lost the connection to ${this.url}: ${this.#lastError || error}`);
+    this.#failPending("disconnected", `lost the connection to ${this.url}: ${this.#lastError || error}`, failure);
     this.#lastError = "";
   }
 
-  #failPending(code: string, message: string): void {
+  #failPending(code: string, message: string, failure?: Error): void {
     const pending = [...this.#pending.values()];
     this.#pending.clear();
     for (const p of pending) {
       p.reject(
-        p.commit && code === "disconnected"
+        failure !== undefined
+          ? failure
+          : p.commit && code === "disconnected"
           ? new StorageError(`${message}; the commit may or may not have happened`, { code: "commit-unknown" })
           : new StorageError(message, { code }),
       );
@@ -675,10 +696,17 @@ export class ClientStorage implements Storage {
           version: PROTOCOL_VERSION,
           token: this.#options.token,
           database: this.#database,
+          ...(this.#options.create === false ? { create: false } : {}),
           ...(since !== undefined ? { since } : fileSince !== undefined ? { since: fileSince.tid } : {}),
         }),
     };
     const hello = r.msgpack() as HelloReply;
+    if (typeof hello !== "object" || hello === null || typeof hello.storageId !== "string" || typeof hello.tid !== "number") {
+      throw new ProtocolError(
+        `${this.#address} does not speak the amber protocol: expected the reply to HELLO to hold ` +
+          `{version, storageId, tid, history, maxFrame}, found ${describeValue(hello)}`,
+      );
+    }
     if (reconnecting && hello.storageId !== this.#id) {
       // Another database answers at this address now: nothing known about the old one
       // holds. Forget it all, end the session, and refuse to go on.
@@ -770,4 +798,12 @@ export class ClientStorage implements Storage {
   #checkOpen(): void {
     if (this.#closed) throw new StorageError(`${this.url} is closed`, { code: "closed" });
   }
+}
+
+/** A decoded value, briefly, for messages. */
+function describeValue(v: unknown): string {
+  if (v === null || typeof v !== "object") return String(v);
+  if (Array.isArray(v)) return `an array of ${v.length}`;
+  const keys = Object.keys(v);
+  return keys.length === 0 ? "an empty object" : `an object with ${keys.slice(0, 6).join(", ")}${keys.length > 6 ? ", ..." : ""}`;
 }

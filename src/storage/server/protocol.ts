@@ -14,7 +14,11 @@
  *
  * A client may send many requests before the first reply arrives (pipelining); replies
  * carry the request id and may come in any order. The first frame of a connection must
- * be HELLO; the server reads nothing else before the token is checked.
+ * be HELLO; the server reads nothing else before the token is checked. The first frame the
+ * server sends is the reply to HELLO (OK or ERROR, with HELLO's request id) or a push
+ * (CLOSING, request id 0); a client that receives anything else first (bytes that are not
+ * such a frame: an HTTP server's "HTTP/1.1 400 ...", whose first four bytes read as a
+ * length of 1213486160) reports that the address does not speak the amber protocol.
  *
  * PAYLOAD TYPES. u8, u32 (big-endian), num (f64 little-endian: oids and tids are integers
  * below 2^53, so a double holds them exactly), bytes (u32 length, then the bytes; length
@@ -22,7 +26,8 @@
  * (u32 count, then the items).
  *
  *   command         payload                                         reply payload (OK)
- *   HELLO           msgpack {version, token?, database, since?}     msgpack HelloReply
+ *   HELLO           msgpack {version, token?, database, since?,     msgpack HelloReply
+ *                   create?}
  *   LAST_TID        -                                               num tid
  *   LOAD            num at, list of num oid                         records
  *   LOAD_CLOSURE    num at, num oid, num maxObjects, num maxBytes,  records, list of num held,
@@ -114,6 +119,11 @@ export interface Hello {
   database: string;
   /** The client knows the database up to this tid: send what changed since (reconnecting, or a saved cache). */
   since?: Tid;
+  /**
+   * false: a database that does not exist yet is not created for this client (the HELLO
+   * fails with code "not-found"). Default true. Only matters for `{name}` stores.
+   */
+  create?: boolean;
 }
 
 export interface HelloReply {
@@ -126,6 +136,41 @@ export interface HelloReply {
   maxFrame: number;
   /** When HELLO gave `since`: the oids written in (since, tid] (null: cannot tell). */
   changes?: { tid: Tid; oids: number[] | null };
+}
+
+/**
+ * The error for a peer whose first bytes are not an amber reply (see FRAMES above):
+ * `address` (host:port) does not speak the amber protocol; says what was expected and what
+ * came instead (`problem`, and the first bytes `head`, shown as text when they are text).
+ */
+export function notAmberError(address: string, url: string, head: Uint8Array, problem: string): ProtocolError {
+  const kind = serverKind(head);
+  return new ProtocolError(
+    `${address} does not speak the amber protocol: expected the reply to HELLO (a frame: length 5 to ` +
+      `${CLIENT_MAX_FRAME}, request id, reply kind ${Reply.OK} to ${Reply.CLOSING}), found ${problem}; ` +
+      `the first bytes were ${showBytes(head)}${kind === "" ? "" : ` (${kind})`}. ` +
+      `Check that ${url} is the address of an amber serve process`,
+  );
+}
+
+/** Bytes for a message: a quoted string when they are mostly printable text, else hex. */
+function showBytes(head: Uint8Array): string {
+  const shown = head.subarray(0, 48);
+  let printable = 0;
+  for (const b of shown) if ((b >= 0x20 && b < 0x7f) || b === 0x0a || b === 0x0d || b === 0x09) printable++;
+  const more = head.length > shown.length ? "..." : "";
+  if (shown.length > 0 && printable >= shown.length * 0.9) return `${JSON.stringify(Buffer.from(shown).toString("latin1"))}${more}`;
+  return `${Buffer.from(shown).toString("hex").replace(/(..)(?!$)/g, "$1 ")}${more} (hex)`;
+}
+
+/** What kind of server sent `head`, when its first bytes give it away ("" if they don't). */
+function serverKind(head: Uint8Array): string {
+  const text = Buffer.from(head.subarray(0, 16)).toString("latin1");
+  if (/^HTTP\/\d/.test(text)) return "an HTTP server";
+  if (text.startsWith("SSH-")) return "an SSH server";
+  // A TLS record (alert or handshake) of version 3.x: a TLS server answering plain bytes.
+  if ((head[0] === 0x15 || head[0] === 0x16) && head[1] === 0x03) return "a TLS server: connect with the tls option";
+  return "";
 }
 
 const packr = new Packr({ useRecords: false, mapsAsObjects: true, moreTypes: false });

@@ -200,14 +200,20 @@ export class StorageServer {
     return a.length === b.length && timingSafeEqual(a, b);
   }
 
-  /** @internal The database `name`, opened on first use. */
-  database(name: string): Promise<Hosted> {
-    return this.#host(name);
+  /** @internal The database `name`, opened on first use (`create` false: only if it exists). */
+  database(name: string, create = true): Promise<Hosted> {
+    return this.#host(name, create);
   }
 
-  #host(name: string): Promise<Hosted> {
+  #host(name: string, create = true): Promise<Hosted> {
     const known = this.#hosted.get(name);
-    if (known !== undefined) return known;
+    if (known !== undefined) {
+      if (!create) return known;
+      // A create: false opening in progress may fail for want of the store: then make it.
+      return known.catch((err: unknown) =>
+        err instanceof StorageError && err.code === "not-found" ? this.#host(name, true) : Promise.reject(err),
+      );
+    }
     const url = this.#options.storage as string;
     if (typeof this.#options.storage !== "string" || (!url.includes("{name}") && name !== "")) {
       return Promise.reject(new StorageError(`this server has no database named "${name}" (connect to amber://host:port without a path)`, { code: "no-database" }));
@@ -218,8 +224,14 @@ export class StorageServer {
     if (name !== "" && !NAME.test(name)) {
       return Promise.reject(new StorageError(`database name ${JSON.stringify(name)} must be 1-64 letters, digits, "_", "." or "-"`, { code: "no-database" }));
     }
+    const target = url.replaceAll("{name}", name);
+    if (!create && target.startsWith("memory:")) {
+      // A memory store exists only once opened (then it is in #hosted): nothing to find.
+      return Promise.reject(new StorageError(`this server has no database named "${name}" yet (and create is false)`, { code: "not-found" }));
+    }
     const opening = (async () => {
-      const storage = await openStorage(url.replaceAll("{name}", name), this.#options.storageOptions);
+      const options = create ? this.#options.storageOptions : { ...this.#options.storageOptions, create: false };
+      const storage = await openStorage(target, options);
       const hosted = new Hosted(name, storage);
       hosted.lastBroadcast = await storage.lastTid();
       return hosted;
@@ -379,7 +391,7 @@ class Session {
       this.#closed = true;
       return;
     }
-    this.#server.database(hello.database).then(
+    this.#server.database(hello.database, hello.create !== false).then(
       (hosted) => hosted.serialize(async () => {
         if (this.#closed) return;
         // Inside the commit order: no INVALIDATE for a tid <= reply.tid reaches this client later.
