@@ -3,11 +3,15 @@
  * one-line error and exit code on failure, and `npm run demo`'s application.
  */
 import { execFile } from "node:child_process";
-import { writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import { dirname, join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, describe, expect, it } from "vitest";
 import { DB } from "../src/index.ts";
 import { cleanupDirs, tempDir } from "./helpers.ts";
+import { startServer } from "./server-process.ts";
 
 afterAll(cleanupDirs);
 const run = promisify(execFile);
@@ -47,6 +51,55 @@ describe("amber command line", () => {
     expect(out.code).toBe(1);
     expect(out.stderr.trim().split("\n")).toHaveLength(1);
     expect(out.stderr).toMatch(/^amber: .*not an amberdb store/);
+  });
+
+  it("info never creates a store: a missing path fails naming it, and nothing is made", async () => {
+    const missing = join(tempDir(), "shop");
+    const out = await amber("info", missing);
+    expect(out.code).toBe(1);
+    expect(out.stderr).toBe(`amber: cannot open ${missing}: no amberdb store there (nothing exists at that path, and create is false)\n`);
+    expect(existsSync(dirname(missing))).toBe(false);
+
+    const empty = tempDir();
+    mkdirSync(empty);
+    const onEmpty = await amber("info", empty);
+    expect(onEmpty.code).toBe(1);
+    expect(onEmpty.stderr).toMatch(/it is an empty directory, not an amberdb store/);
+    expect(readdirSync(empty)).toEqual([]);
+
+    const proc = await amber("info", "/proc/amber-cli-test");
+    expect(proc.code).toBe(1);
+    expect(proc.stderr).toMatch(/^amber: cannot open \/proc\/amber-cli-test: no amberdb store there/);
+  });
+
+  it("info on a server never makes it create a database", async () => {
+    const dir = tempDir();
+    mkdirSync(dir);
+    const server = await startServer(join(dir, "{name}"), ["--durability", "relaxed"]);
+    try {
+      const out = await amber("info", `${server.url}/absent`);
+      expect(out.code).toBe(1);
+      expect(out.stderr).toBe(`amber: cannot open ${join(dir, "absent")}: no amberdb store there (nothing exists at that path, and create is false)\n`);
+      expect(readdirSync(dir)).toEqual([]);
+    } finally {
+      await server.stop();
+    }
+  });
+
+  it("info on a port that is not an amber server says so in one line", async () => {
+    const web = http.createServer((_req, res) => res.end("a web page"));
+    await new Promise<void>((resolve) => web.listen(0, "127.0.0.1", resolve));
+    const { port } = web.address() as AddressInfo;
+    try {
+      const out = await amber("info", `amber://127.0.0.1:${port}`);
+      expect(out.code).toBe(1);
+      expect(out.stderr.trim().split("\n")).toHaveLength(1);
+      expect(out.stderr).toMatch(new RegExp(`^amber: 127\\.0\\.0\\.1:${port} does not speak the amber protocol: expected the reply to HELLO`));
+      expect(out.stderr).toContain("(an HTTP server)");
+    } finally {
+      web.closeAllConnections();
+      await new Promise((resolve) => web.close(resolve));
+    }
   });
 
   it("has --help for the program and each command", async () => {

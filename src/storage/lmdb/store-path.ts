@@ -4,8 +4,9 @@
  *
  * @internal
  */
-import { mkdirSync, readdirSync, statSync, type Stats } from "node:fs";
+import { readdirSync, statSync, type Stats } from "node:fs";
 import { StorageError } from "../../errors.ts";
+import { makeDirectories, notUnderDirectory } from "../make-directories.ts";
 
 /** LMDB's files in a store directory. A directory holding only these (or nothing) is ours to use. */
 const DATA_FILE = "data.mdb";
@@ -34,7 +35,11 @@ export function preparePath(path: string, create: boolean): void {
   try {
     stats = statSync(path);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== "ENOENT") {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === "ENOTDIR") {
+      throw new StorageError(`cannot open ${path}: ${notUnderDirectory(path, err).message}`, { cause: err, code: "not-found" });
+    }
+    if (code !== "ENOENT") {
       throw new StorageError(`cannot open ${path}: ${(err as Error).message}`, { cause: err });
     }
     if (!create) {
@@ -43,9 +48,12 @@ export function preparePath(path: string, create: boolean): void {
       });
     }
     try {
-      mkdirSync(path, { recursive: true });
+      makeDirectories(path);
     } catch (mkdirErr) {
-      throw new StorageError(`cannot create the amberdb store ${path}: ${(mkdirErr as Error).message}`, { cause: mkdirErr });
+      throw new StorageError(`cannot create the amberdb store ${path}: ${(mkdirErr as Error).message}`, {
+        cause: mkdirErr,
+        code: "cannot-create",
+      });
     }
     return;
   }
@@ -65,3 +73,4 @@ export function preparePath(path: string, create: boolean): void {
     });
   }
 }
+

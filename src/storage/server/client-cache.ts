@@ -20,12 +20,13 @@
  *   a bounded number of oids; a `since` older than what it holds gets "everything may
  *   have changed" (`oids: null`), which the interface allows.
  */
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { readFileSync, renameSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import { Packr } from "msgpackr";
 import { crc32 } from "node:zlib";
 import { CRC_RESIDUE, recordRefs } from "../../codec/record.ts";
 import type { Changes, Oid, StoredRecord, Tid } from "../storage.ts";
+import { makeDirectories } from "../make-directories.ts";
 
 /** Oids kept in the invalidation log before the oldest transactions are dropped. */
 const LOG_MAX_OIDS = 1_000_000;
@@ -180,7 +181,7 @@ export class ClientCache {
   save(path: string, storageId: string): void {
     const records: Array<[Oid, Tid, Uint8Array]> = [];
     for (const [oid, e] of this.#entries) records.push([oid, e.serial, e.data]);
-    mkdirSync(dirname(path), { recursive: true });
+    makeDirectories(dirname(path)); // not mkdirSync's recursive mode: it can loop forever (see there)
     const tmp = `${path}.${process.pid}.tmp`;
     writeFileSync(tmp, packr.pack({ format: FILE_FORMAT, storageId, tid: this.#known, records }));
     renameSync(tmp, path);
