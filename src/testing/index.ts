@@ -11,6 +11,16 @@
  *   );                                            // fails if the count grows with size
  *
  * Failure messages show the counts and the loads by class.
+ *
+ * Transaction boundaries count too. Every transaction begins by asking the storage what
+ * changed (the storage contract's `changesSince`): one round trip on a local storage, and
+ * on a server with the default `serverSync: true` (a LAST_TID request); none on a server
+ * with `serverSync: false`, and none for the begin right after a server connection's own
+ * commit. A transaction begins when a connection is opened or taken from the pool, at
+ * `abort()`, after a commit, and at `close()`, which aborts: so `conn.close()` (and
+ * `await using` leaving its block) inside the counted function adds that one round trip,
+ * and a read-only `db.transact(fn)` counts three besides its loads (open, the empty commit,
+ * close). Close connections outside the counted function to count only the work.
  */
 import { accounting } from "../connection/connection.ts";
 
