@@ -32,6 +32,7 @@
 import { addExtension, Packr } from "msgpackr";
 import { isPersistent, Persistent } from "../persistent/persistent.ts";
 import { classByName, infoOfClass } from "../persistent/class-registry.ts";
+import { BrokenObject } from "../persistent/broken-object.ts";
 
 /** A value of a class that is not registered in this process, kept as it was stored. */
 export class BrokenValue {
@@ -455,9 +456,11 @@ function addRef(ctx: EncodeContext, obj: Persistent, path: string): void {
 }
 
 /**
- * Let the caller vet a new reference (`checkRef`). When it refuses one because the object's
- * class is not a registered persistent class, the refusal names the property path, like
- * the refusal of an unregistered value class (checked only then: no cost per reference).
+ * Let the caller vet a reference met for the first time in this record (`checkRef`). When
+ * it refuses one whose class is not a registered persistent class, the refusal names the
+ * property path, like that of an unregistered value class. The class is only looked at
+ * then: encodings that are mere comparisons (whose `checkRef` accepts anything) never
+ * throw for it, and the common case costs nothing.
  */
 function vetRef(ctx: EncodeContext, obj: Persistent): void {
   try {
@@ -466,12 +469,9 @@ function vetRef(ctx: EncodeContext, obj: Persistent): void {
     if (err === NEEDS_PATH) throw err;
     const cls = (Object.getPrototypeOf(obj) as { constructor?: Function } | null)?.constructor;
     const info = typeof cls === "function" ? infoOfClass(cls) : undefined;
-    if (info !== undefined && info.kind === "persistent") throw err;
+    if ((info !== undefined && info.kind === "persistent") || obj instanceof BrokenObject) throw err;
     const name = cls?.name || "(anonymous)";
-    fail(
-      ctx,
-      `class ${name} is not registered: persistent classes need @persistent("name") or registerClass(${name}, "name")`,
-    );
+    fail(ctx, `class ${name} is not registered: persistent classes need @persistent("name") or registerClass(${name}, "name")`);
   }
 }
 
