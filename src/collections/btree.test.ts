@@ -234,6 +234,211 @@ describe("BTree in memory", () => {
     t.check();
   });
 
+  describe("minKey(bound) and maxKey(bound): the least key >= bound, the greatest key <= bound", () => {
+    it("answers ZODB's testMaxKeyMinKey cases (a deleted key, bounds on and between keys, nothing qualifying)", () => {
+      const t = new BTree<number, number>();
+      for (const [k, v] of [[7, 6], [3, 10], [8, 12], [1, 100], [5, 200], [10, 500], [6, 99], [4, 150]] as const) t.set(k, v);
+      t.delete(7);
+      expect(t.maxKey()).toBe(10);
+      expect(t.maxKey(undefined)).toBe(10);
+      expect(t.maxKey(6)).toBe(6);
+      expect(t.maxKey(9)).toBe(8);
+      expect(t.maxKey(7)).toBe(6); // the deleted key
+      expect(t.minKey()).toBe(1);
+      expect(t.minKey(undefined)).toBe(1);
+      expect(t.minKey(3)).toBe(3);
+      expect(t.minKey(9)).toBe(10);
+      expect(t.minKey(7)).toBe(8);
+      expect(t.has(t.minKey()!) && t.has(t.maxKey()!)).toBe(true);
+      // No key satisfies the bound: undefined, as minKey()/maxKey() of an empty tree.
+      expect(t.maxKey(t.minKey()! - 1)).toBeUndefined();
+      expect(t.minKey(t.maxKey()! + 1)).toBeUndefined();
+      expect(t.maxKey(-Infinity)).toBeUndefined();
+      expect(t.minKey(Infinity)).toBeUndefined();
+    });
+
+    it("answers ZODB's bucket cases (hit, miss, fail) and the empty tree", () => {
+      const t = new BTree<string, number>();
+      for (const k of ["alpha", "bravo", "charlie", "delta", "echo"]) t.set(k, 0);
+      expect(t.minKey("bravo")).toBe("bravo");
+      expect(t.minKey("candy")).toBe("charlie");
+      expect(t.minKey("foxtrot")).toBeUndefined();
+      expect(t.maxKey("bravo")).toBe("bravo");
+      expect(t.maxKey("candy")).toBe("bravo");
+      expect(t.maxKey("abacus")).toBeUndefined();
+      const empty = new BTree<number, number>();
+      expect([empty.minKey(5), empty.maxKey(5), empty.minKey(), empty.maxKey()]).toEqual([undefined, undefined, undefined, undefined]);
+    });
+
+    it("crosses bucket boundaries and stale separators in a multi-level tree", () => {
+      const t = new BTree<number, number>({ bucketSize: 4, nodeSize: 4 });
+      for (let k = 0; k < 400; k += 2) t.set(k, k);
+      // Delete the first key of many buckets: their separators stay behind, now below them.
+      for (const b of bucketsOf(t).slice(1)) if (b[BUCKET].keys.length > 1) t.delete(b[BUCKET].keys[0] as number);
+      for (let k = 100; k < 140; k += 2) t.delete(k); // and a run of whole buckets
+      t.check();
+      expect(depthOf(t)).toBeGreaterThan(1);
+      const keys = [...t.keys()];
+      for (let b = -2; b <= 402; b += 0.5) {
+        expect(t.minKey(b), `minKey(${b})`).toBe(keys.find((k) => k >= b));
+        expect(t.maxKey(b), `maxKey(${b})`).toBe(keys.findLast((k) => k <= b));
+      }
+    });
+
+    it("takes bounds of any key kind, and rejects a bound that is not a key", () => {
+      const t = new BTree<BTreeKey, number>({ bucketSize: 4 });
+      for (const k of [1, 2n, "b", new Date(5), [1, 2]]) t.set(k, 0);
+      expect(t.minKey("a")).toBe("b");
+      expect(t.maxKey("a")).toBe(2n);
+      expect(t.minKey(new Date(6))).toEqual([1, 2]);
+      expect(t.maxKey([1])).toEqual(new Date(5));
+      expect(t.minKey([1, 2, 0])).toBeUndefined();
+      expect(() => t.minKey(null as unknown as number)).toThrow(/minKey bound .*got null/);
+      expect(() => t.maxKey(Number.NaN)).toThrow(TypeError);
+      expect(() => t.minKey({} as unknown as number)).toThrow(/plain object/);
+    });
+  });
+
+  it("hands out copies of Date and array keys: changing one breaks neither check() nor lookups", () => {
+    const t = new BTree<BTreeKey, number>({ bucketSize: 4, nodeSize: 4 });
+    for (let i = 0; i < 40; i++) {
+      t.set(new Date(i * 1000), i);
+      t.set([i, "x"], i);
+      t.set([new Date(i), [i]], i);
+    }
+    const expected = [...t.keys()].map((k) => structuredClone(k));
+    const handedOut: unknown[] = [
+      ...t.keys(),
+      ...[...t.entries()].map(([k]) => k),
+      ...[...t].map(([k]) => k),
+      ...[...t.range({ gte: new Date(5000), lt: [3] })].map(([k]) => k),
+      ...[...t.range({ reverse: true, limit: 30 })].map(([k]) => k),
+      ...t.toJSON().map(([k]) => k),
+      t.minKey(),
+      t.maxKey(),
+      t.minKey(new Date(2500)),
+      t.maxKey([3, "y"]),
+      t.minKey([new Date(7)]),
+    ];
+    t.forEach((_, k) => handedOut.push(k));
+    const mangle = (k: unknown): void => {
+      if (k instanceof Date) k.setTime(-k.getTime() - 1_000_000);
+      else if (Array.isArray(k)) {
+        for (const part of k) mangle(part);
+        if (typeof k[0] === "number") k[0] = -k[0] - 1000;
+        k.push("z");
+      }
+    };
+    for (const k of handedOut) mangle(k);
+    t.check();
+    for (let i = 0; i < 40; i++) {
+      expect(t.get(new Date(i * 1000))).toBe(i);
+      expect(t.get([i, "x"])).toBe(i);
+      expect(t.get([new Date(i), [i]])).toBe(i);
+    }
+    expect([...t.keys()]).toEqual(expected);
+    expect(t.minKey(new Date(0))).toEqual(new Date(0));
+  });
+
+  describe("a scan sees the tree as changed by the same transaction", () => {
+    const build = (n = 200): BTree<number, number> => {
+      const t = new BTree<number, number>({ bucketSize: 4, nodeSize: 4 });
+      for (let i = 0; i < n; i++) t.set(i, i);
+      return t;
+    };
+    const scans: Array<[string, (t: BTree<number, number>) => Iterable<unknown>]> = [
+      ["keys()", (t) => t.keys()],
+      ["values()", (t) => t.values()],
+      ["entries()", (t) => t.entries()],
+      ["iteration", (t) => t],
+      ["range({ gte })", (t) => t.range({ gte: 0 })],
+      ["range({ limit })", (t) => t.range({ limit: 1000 })],
+      ["range({ reverse })", (t) => t.range({ reverse: true })],
+      ["range({ lte, reverse })", (t) => t.range({ lte: 500, reverse: true })],
+    ];
+
+    it("ends after clear(), on a multi-level tree and on a lone bucket", () => {
+      for (const [name, scan] of scans) {
+        for (const size of [200, 3]) {
+          const t = build(size);
+          let n = 0;
+          for (const _ of scan(t)) if (++n === 2) t.clear();
+          expect(n, `${name} on ${size} keys`).toBe(2);
+          t.check();
+        }
+      }
+      const t = build();
+      let n = 0;
+      t.forEach(() => {
+        if (++n === 10) t.clear();
+      });
+      expect(n).toBe(10);
+    });
+
+    it("after clear(), visits only keys added past its place since", () => {
+      const t = build();
+      const seen: number[] = [];
+      for (const k of t.keys()) {
+        seen.push(k);
+        if (k === 9) {
+          t.clear();
+          t.set(5, 5); // behind the scan
+          t.set(1000, 0);
+        }
+      }
+      expect(seen).toEqual([...Array.from({ length: 10 }, (_, i) => i), 1000]);
+    });
+
+    it("never yields an entry deleted before it got there", () => {
+      for (const [name, scan] of scans) {
+        const reverse = name.includes("reverse");
+        const t = build();
+        const seen: number[] = [];
+        for (const v of scan(t)) {
+          const k = Array.isArray(v) ? (v[0] as number) : (v as number);
+          seen.push(k);
+          if (k === (reverse ? 190 : 10)) {
+            t.delete(reverse ? 189 : 11); // the next key, in the same bucket
+            for (let d = 50; d < 150; d++) t.delete(d); // whole buckets and parts of buckets ahead
+          }
+        }
+        const left = Array.from({ length: 200 }, (_, i) => i).filter((i) => (i < 50 || i >= 150) && i !== (reverse ? 189 : 11));
+        expect(seen, name).toEqual(reverse ? left.reverse() : left);
+      }
+    });
+
+    it("goes on after the key it returned when that key is deleted from the middle of its bucket", () => {
+      // Seeking after a deleted key lands past a key that is not the one returned last:
+      // the position found must be taken as it is (an earlier version sought again forever).
+      for (const [name, scan] of scans) {
+        const t = build();
+        const seen: number[] = [];
+        for (const v of scan(t)) {
+          const k = Array.isArray(v) ? (v[0] as number) : (v as number);
+          seen.push(k);
+          if (k % 3 === 1) t.delete(k);
+        }
+        const all = Array.from({ length: 200 }, (_, i) => i);
+        expect(seen, name).toEqual(name.includes("reverse") ? all.reverse() : all);
+        expect(t.size).toBe(200 - 67);
+        t.check();
+      }
+    });
+
+    it("starts where the tree is at its first step, not where it was when the scan was made", () => {
+      for (const [name, scan] of scans) {
+        const reverse = name.includes("reverse");
+        const t = build();
+        const it = scan(t)[Symbol.iterator]();
+        // Empty the first (last) buckets before the first step: they leave the tree.
+        for (let d = 0; d < 20; d++) t.delete(reverse ? 199 - d : d);
+        const seen = [...{ [Symbol.iterator]: () => it }].map((v) => (Array.isArray(v) ? v[0] : v));
+        const left = Array.from({ length: 180 }, (_, i) => (reverse ? i : i + 20));
+        expect(seen, name).toEqual(reverse ? left.reverse() : left);
+      }
+    });
+  });
+
   it("check() reports broken invariants", () => {
     const build = (): BTree<number, number> => {
       const t = new BTree<number, number>({ bucketSize: 4, nodeSize: 4 });
@@ -284,6 +489,7 @@ type Op<K> =
   | { op: "get"; key: K }
   | { op: "range"; lo?: K; loInclusive: boolean; hi?: K; hiInclusive: boolean; reverse: boolean; limit?: number }
   | { op: "ends" }
+  | { op: "bounds"; key: K }
   | { op: "clear" };
 
 class Model<K> {
@@ -321,6 +527,7 @@ function opsFor<K>(key: fc.Arbitrary<K>): fc.Arbitrary<Array<Op<K>>> {
       weight: 2,
     },
     { arbitrary: fc.constant({ op: "ends" as const }), weight: 1 },
+    { arbitrary: fc.record({ op: fc.constant("bounds" as const), key }), weight: 2 },
     { arbitrary: fc.constant({ op: "clear" as const }), weight: 1 },
   );
   return fc.array(op, { maxLength: 400, size: "max" });
@@ -375,6 +582,13 @@ function run<K extends BTreeKey>(sizes: { bucketSize: number; nodeSize: number }
         expect(t.maxKey()).toEqual(m.entries[m.entries.length - 1]?.[0]);
         expect(t.size).toBe(m.entries.length);
         break;
+      case "bounds": {
+        // minKey(bound): the least key >= bound; maxKey(bound): the greatest key <= bound.
+        const { found, at } = m.find(o.key);
+        expect(t.minKey(o.key)).toEqual(m.entries[at]?.[0]);
+        expect(t.maxKey(o.key)).toEqual(m.entries[found ? at : at - 1]?.[0]);
+        break;
+      }
       case "clear":
         t.clear();
         m.entries = [];
@@ -658,5 +872,61 @@ describe("BTree in a database", () => {
     await c3.close();
     await c1.close();
     await c2.close();
+  });
+
+  describe("a scan running when abort() brings in another transaction's clear()", () => {
+    const build = (): BTree<number, string> => {
+      const tree = new BTree<number, string>({ bucketSize: 4, nodeSize: 4 });
+      for (let k = 0; k < 200; k++) tree.set(k, `v${k}`);
+      return tree;
+    };
+    const key = (v: unknown): number => (Array.isArray(v) ? (v[0] as number) : typeof v === "string" ? Number(v.slice(1)) : (v as number));
+    const scans: Array<[string, (t: BTree<number, string>) => Iterator<unknown>]> = [
+      ["keys()", (t) => t.keys()],
+      ["values()", (t) => t.values()],
+      ["entries()", (t) => t.entries()],
+      ["range({ gte })", (t) => t.range({ gte: 0 })],
+      ["range({ reverse })", (t) => t.range({ reverse: true })],
+    ];
+
+    /** Take 10 items from a scan in one connection, let `change` commit in another, abort, and return the rest. */
+    async function scanAcross(scan: (t: BTree<number, string>) => Iterator<unknown>, change: (t: BTree<number, string>) => void) {
+      await store(build());
+      const reader = fresh();
+      const t = reader.root().get("t") as BTree<number, string>;
+      expect(depthOf(t)).toBeGreaterThan(1);
+      const it = scan(t);
+      const before: number[] = [];
+      for (let i = 0; i < 10; i++) before.push(key(it.next().value));
+      const writer = fresh();
+      change(writer.root().get("t") as BTree<number, string>);
+      await writer.commit();
+      await writer.close();
+      reader.abort(); // the new snapshot: the tree object is reloaded with the other root
+      const after: number[] = [];
+      for (let r = it.next(); !r.done; r = it.next()) after.push(key(r.value));
+      await reader.close();
+      return { before, after };
+    }
+
+    it("ends: the old buckets, no longer in the tree, are not read on", async () => {
+      for (const [name, scan] of scans) {
+        const { before, after } = await scanAcross(scan, (t) => t.clear());
+        expect(before, name).toHaveLength(10);
+        expect(after, name).toEqual([]);
+      }
+    });
+
+    it("goes on with the keys the tree has now past its place", async () => {
+      for (const [name, scan] of scans) {
+        const reverse = name.includes("reverse");
+        const { before, after } = await scanAcross(scan, (t) => {
+          t.clear();
+          for (const k of [5, 100, 195, 300]) t.set(k, `v${k}`);
+        });
+        expect(after, name).toEqual(reverse ? [100, 5] : [100, 195, 300]);
+        expect(before[9], name).toBe(reverse ? 190 : 9);
+      }
+    });
   });
 });

@@ -45,7 +45,13 @@
  * Costs: get/has/set/delete are O(log n) piece loads; `size` walks the leaf chain, so it is
  * O(buckets) and loads every bucket; iteration loads buckets one at a time as it goes.
  * Iterators tolerate changes to the tree between steps: each step continues after the last
- * key it returned (re-seeking from the root when the bucket it was reading changed).
+ * key it returned in the tree as it is now (re-seeking from the root when the root or the
+ * bucket it was reading changed), so a scan never yields an entry deleted before it got
+ * there and ends after `clear()`, unless keys were added past its place since
+ * (btree-iterate.ts).
+ *
+ * Keys handed out (iteration, `range`, `forEach`, `minKey`, `maxKey`) are copies of the
+ * stored keys for Dates and arrays, so changing one cannot break the order of a bucket.
  *
  * Modules: btree.ts (the tree object, changes, iteration), btree-bucket.ts (the piece
  * classes and navigation among them), btree-check.ts (`check()`), key-compare.ts (keys).
@@ -64,6 +70,8 @@ import {
   lastBucket,
   previousBucket,
   search,
+  seekAfter,
+  seekBefore,
   type BTreePiece,
   type BucketData,
   type NodeData,
@@ -170,15 +178,45 @@ export class BTree<K extends BTreeKey = BTreeKey, V = unknown> extends Persisten
     }
   }
 
-  /** The smallest key, or undefined when the tree is empty. */
-  minKey(): K | undefined {
-    return firstBucket(this[TREE].root)[BUCKET].keys[0];
+  /**
+   * The smallest key; with `bound`, the smallest key >= `bound` (as ZODB's BTrees'
+   * `minKey(min)`). `undefined` when no key qualifies: the tree is empty, or every key is
+   * below `bound` (ZODB raises ValueError in both cases; here both give `undefined`, as the
+   * empty tree always did). `minKey(undefined)` is `minKey()`; any other bound that is not
+   * a valid key throws a TypeError. The key returned is a copy (a Date or array key can be
+   * changed without changing the tree).
+   */
+  minKey(bound?: K): K | undefined {
+    const root = this[TREE].root;
+    if (bound === undefined) return ownKey(firstBucket(root)[BUCKET].keys[0]);
+    checkKey(bound, "minKey bound");
+    let [bucket, i]: [BTreeBucket<K, V> | null, number] = seekAfter(root, bound, true);
+    // Past the end of the bucket that would hold `bound`: the answer starts the next one.
+    while (bucket !== null) {
+      const d: BucketData<K, V> = bucket[BUCKET];
+      if (i < d.keys.length) return ownKey(d.keys[i]);
+      bucket = d.next;
+      i = 0;
+    }
+    return undefined;
   }
 
-  /** The largest key, or undefined when the tree is empty. */
-  maxKey(): K | undefined {
-    const keys = lastBucket(this[TREE].root)[BUCKET].keys;
-    return keys[keys.length - 1];
+  /**
+   * The largest key; with `bound`, the largest key <= `bound` (as ZODB's BTrees'
+   * `maxKey(max)`). `undefined` when no key qualifies: the tree is empty, or every key is
+   * above `bound` (ZODB raises ValueError in both cases; here both give `undefined`, as the
+   * empty tree always did). `maxKey(undefined)` is `maxKey()`; any other bound that is not
+   * a valid key throws a TypeError. The key returned is a copy.
+   */
+  maxKey(bound?: K): K | undefined {
+    const root = this[TREE].root;
+    if (bound === undefined) {
+      const keys = lastBucket(root)[BUCKET].keys;
+      return ownKey(keys[keys.length - 1]);
+    }
+    checkKey(bound, "maxKey bound");
+    const [bucket, i] = seekBefore(root, bound, true);
+    return bucket === null ? undefined : ownKey(bucket[BUCKET].keys[i]);
   }
 
   /**

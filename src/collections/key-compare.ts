@@ -118,8 +118,11 @@ function describeObject(obj: object): string {
 }
 
 /**
- * A key as stored: Dates and arrays are copied (recursively), so that the caller changing
- * its own Date or array afterwards cannot break the order inside a bucket.
+ * A copy of a key: Dates and arrays are copied (recursively), primitives returned as they
+ * are. Used both ways: a key entering the tree is stored as a copy, so that the caller
+ * changing its own Date or array afterwards cannot break the order inside a bucket; and a
+ * key handed out (iteration, `minKey`, `maxKey`) is a copy, so that changing it cannot
+ * change the stored key.
  */
 export function ownKey<K>(key: K): K {
   if (typeof key !== "object") return key;
