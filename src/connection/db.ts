@@ -140,7 +140,13 @@ export class DB implements ConnectionHost, AsyncDisposable {
     return revisions.map((rec) => ({ tid: rec.serial, state: conn.decodeRecord(rec) }));
   }
 
-  /** Undo transaction `tid` by committing the revisions before it. Returns the new tid. */
+  /**
+   * Undo transaction `tid` by committing, for each object it wrote, the state before it;
+   * returns the new tid. As in ZODB an object may be restored when its current state is
+   * the one `tid` wrote, also when an undo wrote it back: undoing t25 and then t24 steps
+   * back one transaction at a time, and an undo can be undone. A later change that the
+   * undo would lose raises `ConflictError` and nothing is written (see `Storage.undo`).
+   */
   async undo(tid: Tid): Promise<Tid> {
     this.#assertOpen();
     return this.storage.undo(tid);

@@ -444,6 +444,99 @@ export function storageContract(name: string, open: () => Promise<Storage>, opti
         expect(labelOf((await s.load([x!], t3))[0])).toBe("x3");
       });
 
+      // The cases of ZODB's TransactionalUndoStorage tests that apply (amberdb keeps an
+      // object whose creation is undone, unreachable, instead of deleting it).
+
+      it("steps back one transaction at a time: undo t3, then t2 (testSimpleTransactionalUndo)", async () => {
+        const s = await fresh();
+        const { oids: [x, y], tid: t1 } = await create(s, "x23", "y1");
+        const t2 = await s.finish(request([[x!, t1, "x24"], [y!, t1, "y2"]]));
+        const t3 = await s.finish(request([[x!, t2, "x25"]]));
+        const u1 = await s.undo(t3);
+        expect(labelOf((await s.load([x!], u1))[0])).toBe("x24");
+        // x's current revision is u1's, not t2's: it holds the state t2 wrote, so t2 can go.
+        const u2 = await s.undo(t2);
+        expect(u2).toBeGreaterThan(u1);
+        const now = await s.load([x!, y!], u2);
+        expect(now.map(labelOf)).toEqual(["x23", "y1"]);
+        expect(now.map((r) => r?.serial)).toEqual([u2, u2]);
+        expect((await s.transactions(u1)).map((t) => t.meta)).toEqual([{ undo: String(t2) }]);
+        expect((await s.history(x!)).map(labelOf)).toEqual(["x23", "x24", "x25", "x24", "x23"]);
+      });
+
+      it("undoes an undo, and the undone transaction again after that (testUndoCreationBranch2)", async () => {
+        const s = await fresh();
+        const { oids: [x, y], tid: t1 } = await create(s, "x1", "y1");
+        const t2 = await s.finish(request([[x!, t1, "x2"], [y!, t1, "y2"]]));
+        const u1 = await s.undo(t2);
+        const u2 = await s.undo(u1); // redo
+        expect((await s.load([x!, y!], u2)).map(labelOf)).toEqual(["x2", "y2"]);
+        const u3 = await s.undo(t2); // current states are t2's again (written back by u2)
+        expect((await s.load([x!, y!], u3)).map(labelOf)).toEqual(["x1", "y1"]);
+        // u3 wrote back the states u1 wrote: u1 can be undone again, restoring what preceded it.
+        const u4 = await s.undo(u1);
+        expect((await s.load([x!, y!], u4)).map(labelOf)).toEqual(["x2", "y2"]);
+      });
+
+      it("undoes the transaction that created an object: the object is left, the references go (testUndoCreationBranch1)", async () => {
+        const s = await fresh();
+        const { oids: [r], tid: t1 } = await create(s, "r1");
+        const [x] = await s.newOids(1);
+        const t2 = await s.finish(request([[r!, t1, "r2 -> x"], [x!, 0, "x1"]]));
+        const u1 = await s.undo(t2);
+        expect(labelOf((await s.load([r!], u1))[0])).toBe("r1");
+        const left = (await s.load([x!], u1))[0];
+        expect([labelOf(left), left?.serial]).toEqual(["x1", t2]);
+        expect((await s.transactions(t2))[0]).toEqual({ tid: u1, oids: [r], meta: { undo: String(t2) } });
+        // Undoing that undo brings the reference back to the object, which is still there.
+        const u2 = await s.undo(u1);
+        expect((await s.load([r!, x!], u2)).map(labelOf)).toEqual(["r2 -> x", "x1"]);
+      });
+
+      it("a creation cannot be undone once the object changed, unless an undo wrote it back", async () => {
+        const s = await fresh();
+        const { oids: [r], tid: t1 } = await create(s, "r1");
+        const [x] = await s.newOids(1);
+        const t2 = await s.finish(request([[r!, t1, "r2 -> x"], [x!, 0, "x1"]]));
+        const t3 = await s.finish(request([[x!, t2, "x2"]]));
+        const err = await s.undo(t2).catch((e: unknown) => e);
+        expect(err).toBeInstanceOf(ConflictError);
+        expect((err as ConflictError).serials).toEqual([{ oid: x, read: t2, committed: t3 }]);
+        expect(await s.lastTid()).toBe(t3);
+        const u1 = await s.undo(t3);
+        const u2 = await s.undo(t2);
+        expect((await s.load([r!, x!], u2)).map(labelOf)).toEqual(["r1", "x1"]);
+        expect(u2).toBeGreaterThan(u1);
+      });
+
+      it("conflicts with a later change that is not an undo, even after stepping back (testNotUndoable)", async () => {
+        const s = await fresh();
+        const { oids: [x, y], tid: t1 } = await create(s, "x1", "y1");
+        const t2 = await s.finish(request([[x!, t1, "x2"], [y!, t1, "y2"]]));
+        const t3 = await s.finish(request([[x!, t2, "x3"]]));
+        const u1 = await s.undo(t3);
+        const t4 = await s.finish(request([[x!, u1, "x4"]]));
+        for (const tid of [t2, u1]) {
+          const err = await s.undo(tid).catch((e: unknown) => e);
+          expect(err, `undo ${tid}`).toBeInstanceOf(ConflictError);
+          // Only x conflicts (y still holds t2's state), and nothing is written.
+          expect((err as ConflictError).serials, `undo ${tid}`).toEqual([{ oid: x, read: tid, committed: t4 }]);
+        }
+        expect(await s.lastTid()).toBe(t4);
+        expect((await s.load([x!, y!], t4)).map(labelOf)).toEqual(["x4", "y2"]);
+      });
+
+      it("compares states, not serials: a later change back to the undone transaction's state does not conflict", async () => {
+        const s = await fresh();
+        const { oids: [x], tid: t1 } = await create(s, "x1");
+        const t2 = await s.finish(request([[x!, t1, "x2"]]));
+        const t3 = await s.finish(request([[x!, t2, "x3"]]));
+        const t4 = await s.finish(request([[x!, t3, "x2"]]));
+        const u = await s.undo(t2);
+        expect(u).toBeGreaterThan(t4);
+        expect(labelOf((await s.load([x!], u))[0])).toBe("x1");
+      });
+
       it("rejects a tid that is not a transaction", async () => {
         const s = await fresh();
         const { tid } = await create(s, "x");

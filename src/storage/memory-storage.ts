@@ -15,7 +15,7 @@ import { randomUUID } from "node:crypto";
 import { StorageError } from "../errors.ts";
 import { closureOf } from "./closure.ts";
 import { walkPlan } from "./plan-walk.ts";
-import { MAX_IN_COMMIT_ROUNDS, conflictError } from "./conflicts.ts";
+import { MAX_IN_COMMIT_ROUNDS, conflictError, undoable } from "./conflicts.ts";
 import type {
   ClosureOptions,
   ClosureResult,
@@ -203,13 +203,17 @@ export class MemoryStorage implements Storage {
     for (const oid of info.oids) {
       const revisions = this.#revisions.get(oid)!;
       const current = revisions[revisions.length - 1]!;
-      if (current.serial !== tid) {
+      // The revision `tid` wrote, and the one before it (none: `tid` created the object).
+      let at = revisions.length - 1;
+      while (at >= 0 && revisions[at]!.serial !== tid) at--;
+      const undone = revisions[at];
+      if (!undoable(tid, current.serial, current.data, undone?.data ?? null)) {
         const committedData = copy(current.data);
         conflicts.push({ oid, readSerial: tid, committedSerial: current.serial, committedData, readOnly: false });
       }
       // An object this transaction created has no earlier revision: it is left as it is, and
       // becomes unreachable garbage once the references to it are undone too.
-      const previous = revisions[revisions.length - 2];
+      const previous = at > 0 ? revisions[at - 1] : undefined;
       if (previous !== undefined) restores.push({ oid, data: previous.data });
     }
     if (conflicts.length > 0) throw conflictError(conflicts);

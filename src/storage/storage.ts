@@ -259,8 +259,22 @@ export interface Storage {
 
   /**
    * Undo transaction `tid`: commit a new transaction that restores, for every object it
-   * wrote, the revision before it. Raises `ConflictError` if any of those objects was
-   * changed by a later transaction. Returns the new tid. Needs history.
+   * wrote, the state the object had before `tid` (its revision just before `tid`'s), and
+   * return the new tid. Needs history. The undo transaction is logged with meta
+   * `{ undo: String(tid) }` and lists the objects it wrote.
+   *
+   * The rule, as in ZODB: an object may be restored when its current state is the one
+   * `tid` wrote, that is when its current revision is `tid`'s, or when a later transaction
+   * wrote that same state back (byte for byte): typically the undo of the transaction
+   * after `tid`, so that undoing t25 and then t24 steps back one transaction at a time, as
+   * does undoing an undo. If any object's current state is something else (a later change
+   * that undoing `tid` would lose), nothing is written and it raises `ConflictError`
+   * (read serial `tid`, committed serial the current one, for each such object).
+   *
+   * An object that `tid` created has no state before it: it is left as it is (and is
+   * not among the undo's objects), and becomes unreachable garbage once the references to
+   * it, written by `tid` too, are undone; it still conflicts when a later transaction
+   * changed it. Raises `StorageError` (code "not-found") when `tid` is not a transaction.
    */
   undo(tid: Tid): Promise<Tid>;
 

@@ -30,7 +30,7 @@ import { ABORT, open, TransactionFlags, type Database, type RootDatabase } from 
 import { StorageError } from "../../errors.ts";
 import { closureOf } from "../closure.ts";
 import { walkPlan } from "../plan-walk.ts";
-import { MAX_IN_COMMIT_ROUNDS, conflictError } from "../conflicts.ts";
+import { MAX_IN_COMMIT_ROUNDS, conflictError, undoable } from "../conflicts.ts";
 import type {
   Changes,
   ClosureOptions,
@@ -331,16 +331,25 @@ export class LmdbStorage implements Storage {
       const restores: Write[] = [];
       for (const oid of L.decodeTxn(logged, tid).oids) {
         const current = this.#db.current.getBinaryFast(oid);
-        const serial = current === undefined ? 0 : L.revisionSerial(current, oid);
-        if (serial !== tid) {
-          const committedData = current === undefined ? null : L.revisionData(current);
-          conflicts.push({ oid, readSerial: tid, committedSerial: serial, committedData, readOnly: false });
+        if (current === undefined) {
+          conflicts.push({ oid, readSerial: tid, committedSerial: 0, committedData: null, readOnly: false });
           continue;
+        }
+        // Copied out before the next read: lmdb-js reuses the buffer it lent.
+        const serial = L.revisionSerial(current, oid);
+        const currentData = L.revisionData(current);
+        if (serial !== tid) {
+          // The revision `tid` wrote is in "history" now: the newest one at or before `tid`.
+          const undone = this.#historyAtOrBefore(oid, tid);
+          if (!undoable(tid, serial, currentData, undone?.serial === tid ? undone.data : null)) {
+            conflicts.push({ oid, readSerial: tid, committedSerial: serial, committedData: currentData, readOnly: false });
+            continue;
+          }
         }
         // An object this transaction created has no earlier revision: it is left as it is,
         // and becomes unreachable garbage once the references to it are undone too.
         const previous = this.#historyAtOrBefore(oid, tid - 1);
-        if (previous !== null) restores.push({ oid, data: previous.data, serial: tid });
+        if (previous !== null) restores.push({ oid, data: previous.data, serial });
       }
       return conflicts.length > 0 ? conflicts : this.#write(restores, { undo: String(tid) });
     });
