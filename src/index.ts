@@ -14,6 +14,7 @@ export {
   type ObjectState,
 } from "./persistent/persistent.ts";
 export { connectionOf } from "./persistent/connection-of.ts";
+import "./persistent/json.ts"; // Persistent.prototype.toJSON
 export {
   persistent,
   serializable,

@@ -403,7 +403,10 @@ for (const s of storages) {
       if (err !== undefined) expect(err).toBeInstanceOf(ConflictError);
       a.abort();
       expect((a.root().get("y") as Tally).n).toBe(100 * injected + (err === undefined ? 1 : 0));
-      expect(injected).toBeLessThanOrEqual(70);
+      // Bounded: at most two injected commits per round (vote, finish) for MAX_RESOLVE_ROUNDS
+      // (200) rounds, a bound generous enough that contention on a server (many writers of one
+      // Counter) always merges.
+      expect(injected).toBeLessThanOrEqual(2 * 200 + 10);
     });
   });
 }

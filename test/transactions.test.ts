@@ -304,8 +304,8 @@ describe.each(storages)("transactions on $name", ({ url }) => {
     const oOld = old.root().get("o") as Order;
     expect(oOld.total).toBe(1);
     expect(db.open({ at: t2 }).root().get("o")).toMatchObject({ total: 2 });
-    oOld.total = 10;
-    await expect(old.commit()).rejects.toThrow(/read-only historical view/);
+    expect(() => (oOld.total = 10)).toThrow(/read-only historical view/);
+    await old.commit(); // nothing to write
     const conn = db.open();
     const o = conn.root().get("o") as Order;
     const hist = await db.history(o);

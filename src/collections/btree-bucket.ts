@@ -21,7 +21,7 @@
  * made without running the constructor.
  */
 import { registerClass } from "../persistent/class-registry.ts";
-import { CLEAR_STATE, GET_STATE, Persistent, SELF_TRACKING, SET_STATE, setSlot } from "../persistent/persistent.ts";
+import { CLEAR_STATE, GET_STATE, HOLDS_CONTAINERS, Persistent, SET_STATE, isPersistent, setSlot } from "../persistent/persistent.ts";
 import { compareKeys } from "./key-compare.ts";
 
 /** @internal The slot holding a bucket's state. */
@@ -72,6 +72,11 @@ export class BTreeBucket<K = unknown, V = unknown> extends Persistent {
   [CLEAR_STATE](): void {
     delete (this as Partial<this>)[BUCKET];
   }
+  /** @internal The values (keys are handed out as copies) */
+  [HOLDS_CONTAINERS](): boolean {
+    for (const v of this[BUCKET].values) if (typeof v === "object" && v !== null && !isPersistent(v)) return true;
+    return false;
+  }
 }
 
 /** @internal An interior node of a BTree: separators and children. */
@@ -100,6 +105,10 @@ export class BTreeNode<K = unknown, V = unknown> extends Persistent {
   [CLEAR_STATE](): void {
     delete (this as Partial<this>)[NODE];
   }
+  /** @internal */
+  [HOLDS_CONTAINERS](): boolean {
+    return false;
+  }
 }
 
 registerClass(BTreeBucket, "amber.BTreeBucket");
@@ -113,9 +122,6 @@ registerClass(BTreeNode, "amber.BTreeNode");
 const IS_BUCKET: unique symbol = Symbol("amber.btree.isBucket");
 Object.defineProperty(BTreeBucket.prototype, IS_BUCKET, { value: true });
 Object.defineProperty(BTreeNode.prototype, IS_BUCKET, { value: false });
-// Every change of a bucket or node goes through changedSlot: no need to re-encode them at commit.
-Object.defineProperty(BTreeBucket.prototype, SELF_TRACKING, { value: true });
-Object.defineProperty(BTreeNode.prototype, SELF_TRACKING, { value: true });
 
 /** @internal Is this piece a bucket (else a node)? */
 export function isBucket<K, V>(p: BTreePiece<K, V>): p is BTreeBucket<K, V> {

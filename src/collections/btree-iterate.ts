@@ -14,6 +14,7 @@ import {
   type BucketData,
 } from "./btree-bucket.ts";
 import { compareKeys, ownKey, type BTreeKey } from "./key-compare.ts";
+import { handedSlot } from "../persistent/persistent.ts";
 
 /** One end of a range. */
 export interface Bound {
@@ -51,7 +52,9 @@ export function scan<K extends BTreeKey, V>(
   return reverse ? backward(rootOf, lo, hi, limit, kind) : forward(rootOf, lo, hi, limit, kind);
 }
 
-function item<K, V>(kind: number, k: K, v: V): unknown {
+function item<K, V>(kind: number, k: K, v: V, bucket: BTreeBucket<K, V>): unknown {
+  // A nested value handed out: the bucket is compared at commit (changes in place count).
+  if (kind !== KEYS && typeof v === "object" && v !== null) handedSlot(bucket);
   if (kind === VALUES) return v;
   // A Date or array key is handed out as a copy; the test is inline for the common
   // primitive keys (calling ownKey for each of them costs a third of a keys() scan).
@@ -107,7 +110,7 @@ class FullScan<K extends BTreeKey, V> implements IterableIterator<unknown> {
           const k = d.keys[i]!;
           this.#i = i + 1;
           this.#last = k;
-          return { value: item(this.#kind, k, d.values[i]), done: false };
+          return { value: item(this.#kind, k, d.values[i], bucket), done: false };
         }
       } else {
         this.#seek(root);
@@ -123,7 +126,7 @@ class FullScan<K extends BTreeKey, V> implements IterableIterator<unknown> {
         this.#data = d;
         this.#i = i + 1;
         this.#last = k;
-        return { value: item(this.#kind, k, d.values[i]), done: false };
+        return { value: item(this.#kind, k, d.values[i], b), done: false };
       }
       this.#bucket = d.next;
       this.#i = 0;
@@ -170,7 +173,7 @@ function* forward<K extends BTreeKey, V>(
       const c = compareKeys(k, hi.key);
       if (c > 0 || (c === 0 && !hi.inclusive)) return;
     }
-    yield item(kind, k, d.values[i]);
+    yield item(kind, k, d.values[i], bucket);
     if (++n >= limit) return;
     // The tree may have changed while suspended: unless the root, the bucket's state and
     // our place in it are as they were, go on after `k` in the tree as it is now.
@@ -209,7 +212,7 @@ function* backward<K extends BTreeKey, V>(
       const c = compareKeys(k, lo.key);
       if (c < 0 || (c === 0 && !lo.inclusive)) return;
     }
-    yield item(kind, k, d.values[i]);
+    yield item(kind, k, d.values[i], bucket);
     if (++n >= limit) return;
     // Step back within the bucket if the root, the bucket's state and our place in it are
     // unchanged; otherwise (or at the bucket's start) seek in the tree as it is now.

@@ -57,7 +57,20 @@
  * classes and navigation among them), btree-check.ts (`check()`), key-compare.ts (keys).
  */
 import { registerClass } from "../persistent/class-registry.ts";
-import { CLEAR_STATE, GET_STATE, Persistent, SET_STATE, changedSlot, isPersistent, setSlot } from "../persistent/persistent.ts";
+import {
+  CLEAR_STATE,
+  GET_STATE,
+  GHOST,
+  HOLDS_CONTAINERS,
+  Persistent,
+  SET_STATE,
+  changedSlot,
+  handedSlot,
+  isPersistent,
+  metaOf,
+  setSlot,
+} from "../persistent/persistent.ts";
+import { JSON_FORM, NOT_LOADED, toJSONValue } from "../persistent/json.ts";
 import {
   BTreeBucket,
   BTreeNode,
@@ -144,9 +157,14 @@ export class BTree<K extends BTreeKey = BTreeKey, V = unknown> extends Persisten
 
   get(key: K): V | undefined {
     checkKey(key);
-    const d = findBucket(this[TREE].root, key)[BUCKET];
+    const bucket = findBucket(this[TREE].root, key);
+    const d = bucket[BUCKET];
     const i = search(d.keys, key);
-    return i >= 0 ? d.values[i] : undefined;
+    if (i < 0) return undefined;
+    const v = d.values[i];
+    // A nested value handed out: the bucket is compared at commit (changes in place count).
+    if (typeof v === "object" && v !== null) handedSlot(bucket);
+    return v;
   }
 
   has(key: K): boolean {
@@ -243,7 +261,22 @@ export class BTree<K extends BTreeKey = BTreeKey, V = unknown> extends Persisten
   forEach(fn: (value: V, key: K, tree: this) => void): void {
     for (const [k, v] of this.entries()) fn(v, k, this);
   }
+  /** The entries as `[key, value]` pairs, when every bucket is loaded (see json.ts). */
   toJSON(): Array<[K, V]> {
+    return toJSONValue(this) as Array<[K, V]>;
+  }
+  /** @internal The entries, or NOT_LOADED when a piece of the tree is a ghost (no I/O). */
+  [JSON_FORM](): unknown {
+    const loaded = (p: Persistent): boolean => {
+      const m = metaOf(p);
+      return m.state !== GHOST || m.record !== null;
+    };
+    const pieces: Array<BTreePiece<K, V>> = [this[TREE].root];
+    while (pieces.length > 0) {
+      const p = pieces.pop()!;
+      if (!loaded(p)) return NOT_LOADED;
+      if (!isBucket(p)) pieces.push(...p[NODE].children);
+    }
     return [...this.entries()];
   }
 
@@ -277,6 +310,10 @@ export class BTree<K extends BTreeKey = BTreeKey, V = unknown> extends Persisten
   /** @internal */
   [CLEAR_STATE](): void {
     delete (this as Partial<this>)[TREE];
+  }
+  /** @internal */
+  [HOLDS_CONTAINERS](): boolean {
+    return false;
   }
 }
 

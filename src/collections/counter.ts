@@ -10,7 +10,8 @@
  *   amber.Counter  { value: number }
  */
 import { registerClass } from "../persistent/class-registry.ts";
-import { CLEAR_STATE, GET_STATE, Persistent, SET_STATE, changedSlot, setSlot } from "../persistent/persistent.ts";
+import { JSON_FORM } from "../persistent/json.ts";
+import { CLEAR_STATE, GET_STATE, HOLDS_CONTAINERS, Persistent, SET_STATE, changedSlot, setSlot } from "../persistent/persistent.ts";
 
 const VALUE: unique symbol = Symbol("amber.counter");
 
@@ -27,7 +28,13 @@ export class Counter extends Persistent {
     return this[VALUE];
   }
 
-  /** Add `n` (may be negative); returns the new value. */
+  /**
+   * Add `n` (may be negative); returns the value as this transaction sees it now (its
+   * snapshot plus its own additions). Not a sequence: concurrent transactions that add to
+   * the same counter can see the same value, and all their additions land when they commit
+   * (they merge instead of conflicting). For unique numbers, use an object per number or a
+   * BTree keyed by something unique.
+   */
   add(n = 1): number {
     checkNumber(n, "Counter.add");
     const v = this[VALUE]; // loads a ghost before it is marked changed
@@ -40,6 +47,10 @@ export class Counter extends Persistent {
     return this[VALUE];
   }
   toJSON(): number {
+    return this[VALUE];
+  }
+  /** @internal */
+  [JSON_FORM](): unknown {
     return this[VALUE];
   }
 
@@ -61,6 +72,10 @@ export class Counter extends Persistent {
   /** @internal */
   [CLEAR_STATE](): void {
     delete (this as Partial<this>)[VALUE];
+  }
+  /** @internal */
+  [HOLDS_CONTAINERS](): boolean {
+    return false;
   }
 }
 

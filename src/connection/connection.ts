@@ -38,15 +38,18 @@ import {
   NEW,
   SAVED,
   Meta,
+  clearState,
   hasCustomState,
   isPersistent,
-  isSelfTracking,
-  learnFields,
   makeGhost,
   metaOf,
+  needsLoad,
   type Jar,
   type Persistent,
+  type Token,
 } from "../persistent/persistent.ts";
+import { dropAddedFields, giveAccessors, keepAddedFields } from "../persistent/fields.ts";
+import { applyDefaults } from "./class-defaults.ts";
 import type {
   Changes,
   CommitRequest,
@@ -60,8 +63,9 @@ import type {
 import { ROOT_OID } from "../storage/storage.ts";
 import { Plan, type Group, type PlanHost } from "../loading/plan.ts";
 import { ObjectCache } from "./object-cache.ts";
-import { buildRequest, conflictErrorFor, encodeChanged } from "./transaction.ts";
-import { differs, dropState, holdsContainers, putState, type ObjectSnapshot } from "./object-state.ts";
+import { buildRequest, collectWork, conflictErrorFor, encodeChanged } from "./transaction.ts";
+import { dropState, holdsContainers, putState, sameAsStored, snapshotObject, type ObjectSnapshot } from "./object-state.ts";
+import { encodeState } from "../codec/state.ts";
 
 export interface ConnectionOptions {
   /** Loaded objects kept in memory before the least recently used are evicted (default 10,000). */
@@ -130,6 +134,17 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
   #tid: Tid;
   #open = true;
   #committing = false;
+  /**
+   * This checkout's token: every object of the connection handed out since it was opened
+   * (or taken from its pool) carries it; closing ends it, and the objects become stale.
+   */
+  #token: Token = { ok: true };
+  /** Objects that became CHANGED in this transaction (each once). */
+  #changedList: Persistent[] = [];
+  /** Objects that handed out a nested mutable value in this transaction (each once). */
+  #handedList: Persistent[] = [];
+  /** BTree pieces found changed in place by comparison (their changes cannot be replayed). */
+  #changedInPlace = new Set<Meta>();
   #readCurrent = new Map<Persistent, Meta>();
   readonly #strictDefault: boolean;
   /** Set while a plan installs its records: nothing is evicted until it is done. */
@@ -174,6 +189,12 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
     accounting.live.add(new WeakRef(this));
     this.#strict = this.#strictDefault;
     this.#session = this.#storage.session;
+    this.#token.ok = this.#at === undefined;
+  }
+
+  /** @internal The token of this checkout (see persistent.ts). */
+  get token(): Token {
+    return this.#token;
   }
 
   /** The tid of the snapshot this transaction reads. */
@@ -216,7 +237,14 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
   /** The root object: a PersistentMap every database has. */
   root<T = any>(): PersistentMap<string, T> {
     this.#assertOpen("root");
-    return this.#objectFor(ROOT_OID, "amber.PersistentMap") as never;
+    const root = this.#objectFor(ROOT_OID, "amber.PersistentMap");
+    const m = metaOf(root);
+    // Loaded explicitly, also in strict mode: every transaction starts here.
+    if (needsLoad(m)) {
+      const rec = this.#loadOne(ROOT_OID, m.className);
+      this.#install(root, m, rec, readEnvelope(rec.data, rec.oid));
+    }
+    return root as never;
   }
 
   /**
@@ -228,8 +256,11 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
     if (!Number.isSafeInteger(oid) || oid < 0) throw new TypeError(`get(): oid must be a non-negative integer, got ${String(oid)}`);
     const known = this.#cache.get(oid);
     if (known !== undefined) {
-      this.stats.cacheHits++;
-      return known;
+      if (metaOf(known).token === this.#token) {
+        this.stats.cacheHits++;
+        return known;
+      }
+      return this.#reinstance(known, metaOf(known));
     }
     const rec = this.#loadOne(oid, "");
     const env = readEnvelope(rec.data, oid);
@@ -257,7 +288,7 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
     const seen = new Set<Oid>();
     for (const obj of objects) {
       const m = this.#own(obj, "prefetch");
-      if (m.state === GHOST && !seen.has(m.oid)) {
+      if (needsLoad(m) && !seen.has(m.oid)) {
         seen.add(m.oid);
         ghosts.push(obj);
       }
@@ -276,7 +307,7 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
       const obj = ghosts[i]!;
       const m = metaOf(obj);
       if (rec === null) throw this.#notFound(m.oid, m.className);
-      if (m.state !== GHOST) return; // loaded meanwhile (an upgrade hook, another prefetch)
+      if (!needsLoad(m)) return; // loaded meanwhile (an upgrade hook, another prefetch)
       this.stats.loads++;
       noteLoad(m.className);
       this.stats.bytesRead += rec.data.length;
@@ -316,7 +347,7 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
       const env = readEnvelope(rec.data, rec.oid, true); // checked by the walk that found it (closure.ts)
       const target = this.#objectFor(rec.oid, env.className);
       const tm = metaOf(target);
-      if (tm.state !== GHOST) continue;
+      if (!needsLoad(tm)) continue;
       this.stats.loads++;
       noteLoad(env.className);
       this.stats.bytesRead += rec.data.length;
@@ -387,7 +418,7 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
         const env = readEnvelope(rec.data, rec.oid, true); // checked by the walk (plan-walk.ts)
         const target = this.#objectFor(rec.oid, env.className);
         const tm = metaOf(target);
-        if (tm.state !== GHOST) continue;
+        if (!needsLoad(tm)) continue;
         this.stats.loads++;
         this.stats.bytesRead += rec.data.length;
         noteLoad(env.className);
@@ -431,7 +462,7 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
 
   /** Load the ghosts among `objects` in one round trip, if there are any. */
   async #loadGhosts(objects: Persistent[]): Promise<void> {
-    const ghosts = objects.filter((o) => metaOf(o).state === GHOST);
+    const ghosts = objects.filter((o) => needsLoad(metaOf(o)));
     if (ghosts.length > 0) await this.prefetch(ghosts);
   }
 
@@ -455,11 +486,12 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
     const root = new PersistentMap();
     const m = metaOf(root);
     m.jar = this;
+    m.token = this.#token;
     m.oid = ROOT_OID;
     m.className = "amber.PersistentMap";
     m.state = CHANGED;
+    this.#changedList.push(root);
     this.#cache.add(ROOT_OID, root);
-    this.#cache.touch(root, m);
     await this.commit();
   }
 
@@ -467,11 +499,14 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
 
   /** @internal */
   activate(obj: Persistent, meta: Meta): void {
-    if (!this.#open) {
-      throw new TransactionError(
-        `cannot load ${meta.className}#${meta.oid}: its connection is closed (open a connection and get the object through it)`,
-        "closed",
-      );
+    if (meta.token !== this.#token || !this.#open) {
+      if (meta.record === null) throw this.#stale(meta, "read");
+      this.#installStale(obj, meta);
+      return;
+    }
+    if (meta.record !== null) {
+      this.#installKept(obj, meta); // a soft ghost: its record is here, no storage call
+      return;
     }
     if (this.#strict) throw this.#notLoaded(meta);
     const rec = this.#loadOne(meta.oid, meta.className);
@@ -506,9 +541,7 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
 
   /** @internal */
   checkWrite(obj: Persistent, meta: Meta): void {
-    if (!this.#open) {
-      throw new TransactionError(`cannot change ${meta.className}#${meta.oid}: its connection is closed`, "closed");
-    }
+    if (meta.token !== this.#token || !this.#open) throw this.#stale(meta, "change");
     if (this.#committing) {
       throw new TransactionError(
         `cannot change ${meta.className}#${meta.oid} while a commit of its connection is in flight; ` +
@@ -523,7 +556,31 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
 
   /** @internal */
   isDirty(obj: Persistent, meta: Meta): boolean {
-    return meta.state === CHANGED || (meta.state === SAVED && !(obj instanceof BrokenObject) && differs(obj, meta));
+    if (meta.state === CHANGED) return true;
+    if (meta.state !== SAVED || !meta.handed || meta.token !== this.#token) return false;
+    try {
+      return !sameAsStored(meta, snapshotObject(obj, meta, acceptAnyRef));
+    } catch {
+      return true; // holds something that cannot be stored: certainly not the stored state
+    }
+  }
+
+  /** @internal A loaded object handed out a nested mutable value (see persistent.ts). */
+  handedOut(obj: Persistent, meta: Meta): void {
+    if (meta.handed || meta.token !== this.#token) return;
+    meta.handed = true;
+    this.#handedList.push(obj);
+  }
+
+  /** The error for touching an object whose checkout has ended. */
+  #stale(meta: Meta, what: "read" | "change"): TransactionError {
+    const verb = what === "read" ? "load" : "change";
+    const why = this.#open ? "a transaction of a connection that has since been closed (returned to its pool)" : "a connection that is closed";
+    return new TransactionError(
+      `cannot ${verb} ${meta.className}#${meta.oid}: it belongs to ${why}; ` +
+        `get the object again in the current transaction (conn.root(), conn.get(${meta.oid}) or a reference from a current object)`,
+      "stale-object",
+    );
   }
 
   /** @internal */
@@ -535,6 +592,7 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
   changed(obj: Persistent, meta: Meta): void {
     if (meta.state === SAVED) {
       meta.state = CHANGED;
+      this.#changedList.push(obj);
       this.#cache.touch(obj, meta);
     }
   }
@@ -544,7 +602,9 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
   /**
    * Commit every change of this transaction (and the new objects they reach) atomically.
    * Raises `ConflictError` if another transaction changed an object this one changed or
-   * marked `readCurrent`; the changes are then still in place, to be aborted.
+   * marked `readCurrent`; the changes are then still in place, to be aborted. Only what the
+   * transaction touched is looked at: the objects it changed and those that handed out a
+   * nested mutable value (encoded once, and written when they differ from their record).
    */
   async commit(): Promise<void> {
     this.#assertOpen("commit");
@@ -553,24 +613,29 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
     }
     if (this.#doomed !== null) throw this.#doomed;
     this.#committing = true;
+    this.#token.ok = false;
     let adopted: Meta[] = [];
     let mergedByHooks = false;
     try {
       for (let round = 1; ; round++) {
-        const work: Array<[Persistent, Meta]> = [];
-        for (const [obj, meta] of this.#cache.loadedEntries()) if (this.isDirty(obj, meta)) work.push([obj, meta]);
+        adopted = [];
+        const { work, snaps } = collectWork(this, this.#changedList, this.#handedList, adopted, (obj, meta) => {
+          // Found changed by comparison: a change in place of a nested value.
+          if (isTreePiece(obj)) this.#changedInPlace.add(meta);
+          this.changed(obj, meta);
+        });
         if (this.#at !== undefined && work.length > 0) {
           throw new TransactionError("cannot commit changes in a read-only historical view", "read-only");
         }
-        // Nothing to write (also when a merge found its changes already committed).
-        if (work.length === 0 && (this.#readCurrent.size === 0 || this.#at !== undefined)) {
-          this.#committing = false;
-          this.#begin();
+        if (work.length === 0) {
+          // Nothing to write (also when a merge found its changes already committed). Objects
+          // only marked readCurrent are checked, and no transaction is written.
+          if (this.#readCurrent.size > 0 && this.#at === undefined) await this.#checkReadCurrent();
+          this.#finishTransaction();
+          await yieldToEventLoop();
           return;
         }
         this.#checkSession();
-        adopted = [];
-        const snaps = encodeChanged(this, work, adopted);
         if (adopted.length > 0) await this.#assignOids(adopted);
         let request = buildRequest(work, snaps, this.#readCurrent.values());
         // After a merge by hooks, finish at once: the check there is atomic (and a local
@@ -611,7 +676,7 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
               forgetOids(adopted);
               // Repeatedly overtaken (a server serializes commits, and another client's was
               // in flight each time): step out of lockstep with a short jittered pause.
-              if (round >= 2) await pause(Math.random() * Math.min(20, 0.5 * 2 ** (round - 2)));
+              if (round >= 2) await pause(Math.random() * Math.min(20, 0.5 * 2 ** Math.min(round - 2, 8)));
               continue;
             }
             throw conflictErrorFor(err.conflicts.map(toStorageConflict), work, this.#readCurrent.values());
@@ -620,19 +685,8 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
         }
         this.stats.commits++;
         const inFlight = this.#committed(work, snaps, request, tid);
-        // Objects outside the commit that were assigned to while it was in flight: their
-        // change belongs to no transaction (top-level assignments; see README).
-        const written = new Set<Meta>();
-        for (const [, m] of work) written.add(m);
-        for (const [obj, meta] of this.#cache.loadedObjects()) {
-          if (!written.has(meta) && meta.state === SAVED && differs(obj, meta, false)) {
-            inFlight.push(`${meta.className}#${meta.oid}`);
-            this.#ghostify(obj, meta);
-          }
-        }
-        this.#committing = false;
-        this.#readCurrent.clear();
-        this.#begin(tid);
+        this.#finishTransaction(tid);
+        await yieldToEventLoop();
         if (inFlight.length > 0) {
           throw new TransactionError(
             `the commit succeeded (tid ${tid}), but ${inFlight.join(", ")} changed while it was in flight; ` +
@@ -648,7 +702,43 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
       throw err;
     } finally {
       this.#committing = false;
+      this.#token.ok = this.#open && this.#at === undefined;
     }
+  }
+
+  /** A transaction that only marked objects readCurrent: check them, write nothing. */
+  async #checkReadCurrent(): Promise<void> {
+    this.#checkSession();
+    const request = buildRequest([], [], this.#readCurrent.values());
+    this.stats.roundTrips++;
+    const conflicts = await this.#storage.vote(request);
+    await this.#storage.abort(request);
+    if (conflicts.length > 0) throw conflictErrorFor(conflicts, [], this.#readCurrent.values());
+  }
+
+  /** The transaction is over (committed, or had nothing to write): begin the next one. */
+  #finishTransaction(committedTid?: Tid): void {
+    this.#committing = false;
+    this.#token.ok = this.#open && this.#at === undefined;
+    this.#readCurrent.clear();
+    this.#endTransaction();
+    this.#begin(committedTid);
+  }
+
+  /**
+   * Forget this transaction's lists. Objects that handed out nested values become soft
+   * ghosts: the values handed out belong to this transaction, and the next read of the
+   * object installs fresh ones from its record (no storage call).
+   */
+  #endTransaction(): void {
+    for (const obj of this.#handedList) {
+      const m = metaOf(obj);
+      if (m.handed && m.token === this.#token && m.state === SAVED) this.#soften(obj, m);
+      m.handed = false;
+    }
+    this.#handedList = [];
+    this.#changedList = [];
+    this.#changedInPlace.clear();
   }
 
   /**
@@ -748,11 +838,16 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
       const committedEnv = env;
       const serial = c.committedSerial;
       installs.push(() => {
-        putState(obj, liveState(resolved as State, objectFor));
+        putState(obj, meta, liveState(resolved as State, objectFor));
+        // The object now stands on the committed revision: that is what abort restores.
+        const record = copyBytes(committedEnv.data);
+        meta.record = record;
+        meta.bytes = record.subarray(committedEnv.stateStart, committedEnv.stateEnd);
         meta.serial = serial;
+        this.changed(obj, meta);
         meta.state = CHANGED;
         meta.refs = this.#refsOf(committedEnv, meta);
-        this.#originals.set(meta, { bytes: copyBytes(committedEnv.state), shared: committedEnv.shared, version: committedEnv.classVersion });
+        this.#originals.set(meta, { bytes: meta.bytes, shared: committedEnv.shared, version: committedEnv.classVersion });
       });
     }
     if (trees && !this.#treesReplayable()) return false;
@@ -788,6 +883,8 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
 
   /** Did this transaction change BTrees only in ways that can be replayed? */
   #treesReplayable(): boolean {
+    // A value changed in place is in no tree's log of key changes: a replay would lose it.
+    if (this.#changedInPlace.size > 0) return false;
     let any = false;
     for (const [owner, log] of this.#notes ?? []) {
       if (!(owner instanceof BTree)) continue;
@@ -860,20 +957,42 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
     }
   }
 
-  /** Discard this transaction's changes and begin a new transaction on a fresh snapshot. */
+  /**
+   * Discard this transaction's changes and begin a new transaction on a fresh snapshot.
+   * Every object the transaction changed holds its stored state again (installed from the
+   * record it was loaded with, on its next touch). Never throws; during a commit in flight
+   * it does nothing (the commit decides, and a failed commit leaves its changes to abort).
+   */
   abort(): void {
-    if (!this.#open) return;
-    if (this.#committing) throw new TransactionError("abort() called while a commit of this connection is in flight", "in-flight");
-    for (const [obj, meta] of this.#cache.loadedObjects()) if (this.isDirty(obj, meta)) this.#ghostify(obj, meta);
-    this.#readCurrent.clear();
+    if (!this.#open || this.#committing) return;
+    this.#discardChanges();
     this.#begin();
   }
 
-  /** Abort anything pending and return the connection (with its cache) to its DB's pool. */
+  /** Every changed object holds its stored state again; the transaction's lists are emptied. */
+  #discardChanges(): void {
+    for (const obj of this.#changedList) {
+      const m = metaOf(obj);
+      if (m.state !== CHANGED || m.token !== this.#token) continue;
+      dropAddedFields(obj, m);
+      if (m.record !== null) this.#soften(obj, m);
+      else if (m.oid >= 0 && this.#cache.get(m.oid) === obj) this.#ghostify(obj, m);
+    }
+    this.#readCurrent.clear();
+    this.#endTransaction();
+  }
+
+  /**
+   * Abort anything pending and return the connection (with its cache) to its DB's pool.
+   * The objects of this checkout become stale: changing one throws ("stale-object"), and
+   * the next checkout gets its own instances.
+   */
   async close(): Promise<void> {
     if (!this.#open) return;
-    this.abort();
+    if (this.#committing) throw new TransactionError("close() called while a commit of this connection is in flight; await the commit first", "in-flight");
+    this.#discardChanges(); // the next checkout begins its own transaction (reopen)
     this.#open = false;
+    this.#token.ok = false;
     this.#host.release(this);
   }
 
@@ -881,19 +1000,21 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
     await this.close();
   }
 
-  /** @internal Reopen a pooled connection: a fresh transaction, nothing pending. */
+  /** @internal Reopen a pooled connection: a new checkout, a fresh transaction, nothing pending. */
   reopen(): void {
     this.#open = true;
+    this.#token = { ok: this.#at === undefined };
     this.#strict = this.#strictDefault;
-    this.abort();
+    this.#begin();
   }
 
   /**
    * @internal Drop the cache for good (the DB is closing or the pool is full). Objects the
-   * application still holds keep the state they have; ghosts raise a "closed" error.
+   * application still holds keep the state they have; touching a ghost raises "stale-object".
    */
   discard(): void {
     this.#open = false;
+    this.#token.ok = false;
     this.#cache.clear();
   }
 
@@ -925,6 +1046,7 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
     if (m.jar !== null && m.jar !== this) {
       throw new TransactionError(`${what}(): ${m.className}#${m.oid} belongs to another connection`, "foreign-object");
     }
+    if (m.jar === this && m.state !== NEW && m.token !== this.#token) throw this.#stale(m, "read");
     return m;
   }
 
@@ -985,24 +1107,61 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
   #objectFor(oid: Oid, className: string, viaMeta: Meta | null = null, viaPath = ""): Persistent {
     const known = this.#cache.get(oid);
     if (known !== undefined) {
-      if (metaOf(known).state !== GHOST) this.stats.cacheHits++;
+      const km = metaOf(known);
+      if (km.token !== this.#token) return this.#reinstance(known, km);
+      if (km.state !== GHOST) this.stats.cacheHits++;
       return known;
     }
-    const info = classByName(className);
     const meta = new Meta();
     meta.jar = this;
+    meta.token = this.#token;
     meta.oid = oid;
     meta.className = className;
     meta.viaMeta = viaMeta;
     meta.viaPath = viaPath;
-    const obj = makeGhost(info !== undefined && info.kind === "persistent" ? info.cls : BrokenObject, meta);
+    const obj = this.#ghostOf(className, meta);
     this.#cache.add(oid, obj);
+    return obj;
+  }
+
+  /** A ghost of the stored class `className` (with the accessors of its fields). */
+  #ghostOf(className: string, meta: Meta): Persistent {
+    const info = classByName(className);
+    const cls = info !== undefined && info.kind === "persistent" ? info.cls : BrokenObject;
+    const obj = makeGhost(cls, meta);
+    if (cls !== BrokenObject && !hasCustomState(obj)) giveAccessors(obj, meta);
+    return obj;
+  }
+
+  /**
+   * The object for an oid whose cached instance belongs to an earlier checkout of this
+   * connection (stale): a new instance for this checkout, which takes over the record the
+   * old one holds (a soft ghost, installed on first touch without a storage call). The
+   * old instance keeps what it holds for reading; changing it throws.
+   */
+  #reinstance(old: Persistent, om: Meta): Persistent {
+    const meta = new Meta();
+    meta.jar = this;
+    meta.token = this.#token;
+    meta.oid = om.oid;
+    meta.className = om.className;
+    const kept = om.record !== null && om.state !== NEW && om.state !== CHANGED;
+    if (kept) {
+      meta.record = om.record;
+      meta.serial = om.serial;
+      meta.size = om.size;
+    }
+    const obj = this.#ghostOf(om.className, meta);
+    this.#cache.unload(old, om);
+    this.#cache.add(meta.oid, obj);
+    if (kept) this.#cache.touch(obj, meta);
     return obj;
   }
 
   /**
    * Decode `rec` into the ghost `obj`. With `lent` (the default), `rec.data` is the
-   * storage's memory: nothing here keeps it. Without, the bytes are ours to keep.
+   * storage's memory: the record is copied (an object keeps its record while loaded, to
+   * restore, compare and reinstall its state without a storage call).
    */
   #install(obj: Persistent, meta: Meta, rec: StoredRecord, env: ParsedEnvelope, lent = true): void {
     const refs = this.#refsOf(env, meta);
@@ -1016,16 +1175,15 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
         code: "corrupt",
       });
     }
-    // Copy what is kept before anything else runs (an upgrade hook may load other objects).
-    // A BrokenObject is never compared (it is written back byte-for-byte, and only after
-    // markChanged); other objects with nested containers keep their state bytes to compare.
-    const containers = !(obj instanceof BrokenObject) && !isSelfTracking(obj) && holdsContainers(state, isPersistent);
-    // A view is kept only when it does not pin a much larger buffer (a batch reply).
-    const bytes = containers ? env.state : null;
-    meta.bytes = bytes === null ? null : lent || bytes.buffer.byteLength > 2 * bytes.byteLength ? copyBytes(bytes) : bytes;
+    // Our own copy of the record, unless it is ours already (a kept record, a batch reply
+    // that is not much larger than the record).
+    const data = rec.data;
+    const own = lent || data.buffer.byteLength > 2 * data.byteLength ? copyBytes(data) : data;
+    let bytes: Uint8Array | null = own.subarray(env.stateStart, env.stateEnd);
     let upgraded = false;
     const info = classByName(env.className);
-    if (obj instanceof BrokenObject) keepOriginal(obj, copyBytes(rec.data));
+    const broken = obj instanceof BrokenObject;
+    if (broken) keepOriginal(obj, own);
     else if (info !== undefined && info.version > env.classVersion) {
       const upgrade = (info.cls as { upgrade?: unknown }).upgrade;
       if (typeof upgrade === "function") {
@@ -1035,21 +1193,59 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
     }
     // The hook's "original" (upgraded, like the committed state, before the hook sees it).
     if (resolverOf(obj.constructor) !== undefined) {
-      if (keepsOriginal(obj, state)) {
-        this.#originals.set(meta, { bytes: lent ? copyBytes(env.state) : env.state, shared: env.shared, version: env.classVersion });
-      } else this.#originals.delete(meta); // a PersistentMap that stopped merging keys
+      if (keepsOriginal(obj, state)) this.#originals.set(meta, { bytes, shared: env.shared, version: env.classVersion });
+      else this.#originals.delete(meta); // a PersistentMap that stopped merging keys
     }
-    putState(obj, state);
+    const fields = !broken && !hasCustomState(obj);
+    // Fields the class declares and the record lacks read as the declared defaults; what is
+    // unchanged is then the state with them.
+    if (fields && applyDefaults(Object.getPrototypeOf(obj) as object, state, Object.keys(state)) && !upgraded) {
+      bytes = encodeState(env.className, state, acceptAnyRef).state;
+    }
+    putState(obj, meta, state);
     meta.serial = rec.serial;
-    meta.state = upgraded ? CHANGED : SAVED;
     meta.className = env.className;
-    meta.orig = state;
-    meta.origKeys = Object.keys(state).length;
+    meta.record = own;
+    meta.bytes = bytes;
     meta.refs = refs;
-    meta.containers = containers;
-    this.#cache.resize(meta, rec.data.length);
+    meta.containers = holdsContainers(obj, state);
+    meta.watch = meta.containers ? 1 : 0;
+    meta.handed = false;
+    meta.state = SAVED;
+    if (upgraded) this.changed(obj, meta);
+    this.#cache.resize(meta, own.length);
     this.#cache.touch(obj, meta);
     if (!this.#holdEviction && this.#cache.overBudget()) this.#cache.shrink(this.#evictFlat, obj, 16);
+  }
+
+  /**
+   * Reading a stale soft ghost (its checkout ended): its kept record is installed for
+   * reading only. References in it are the objects of the same ended checkout when this
+   * connection still holds them, else ghosts of that checkout, which cannot be loaded.
+   */
+  #installStale(obj: Persistent, meta: Meta): void {
+    const data = meta.record!;
+    const env = readEnvelope(data, meta.oid, true);
+    const refs = env.refOids.map((oid, i) => {
+      const known = this.#cache.get(oid);
+      if (known !== undefined && metaOf(known).token === meta.token) return known;
+      const m = new Meta();
+      m.jar = this;
+      m.token = meta.token;
+      m.oid = oid;
+      m.className = env.refClasses[i]!;
+      return this.#ghostOf(m.className, m);
+    });
+    putState(obj, meta, decodeState(env.data, refs, env.shared, env.stateStart, env.stateEnd));
+    meta.refs = refs;
+    meta.watch = 0;
+    meta.state = SAVED;
+  }
+
+  /** Install a soft ghost's kept record again (no storage call, allowed in strict mode). */
+  #installKept(obj: Persistent, meta: Meta): void {
+    const data = meta.record!;
+    this.#install(obj, meta, { oid: meta.oid, serial: meta.serial, data }, readEnvelope(data, meta.oid, true), false);
   }
 
   /** The objects a record refers to; new ghosts remember `parent` and the path (strict mode). */
@@ -1062,37 +1258,52 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
   }
 
   /**
-   * Eviction in the middle of a transaction: only objects without nested containers. The
-   * application may still hold an array or Map taken from an object and change it later;
-   * evicting that object would detach the container and lose the change. Objects with
-   * containers are trimmed at transaction boundaries (or by an explicit `cacheGC()`).
+   * Eviction in the middle of a transaction: not objects that handed out nested values in
+   * this transaction (the application may still change those values; evicting the object
+   * would lose the change). They are trimmed at transaction boundaries, or by `cacheGC()`.
    */
-  #evictFlat = (obj: Persistent, meta: Meta): boolean => !meta.containers && this.#evict(obj, meta);
+  #evictFlat = (obj: Persistent, meta: Meta): boolean => !meta.handed && this.#evict(obj, meta);
 
   #evict = (obj: Persistent, meta: Meta): boolean => {
+    if (meta.state === GHOST) {
+      if (meta.record === null) return false;
+      this.#ghostify(obj, meta); // a soft ghost gives up its record
+      return true;
+    }
     if (meta.state !== SAVED) return false;
-    if (this.isDirty(obj, meta)) {
-      meta.state = CHANGED;
+    if (meta.handed && this.isDirty(obj, meta)) {
+      this.changed(obj, meta);
       return false;
     }
     this.#ghostify(obj, meta);
     return true;
   };
 
+  /** Drop the installed state but keep the record: the next touch installs it again. */
+  #soften(obj: Persistent, meta: Meta): void {
+    dropState(obj, meta);
+    meta.state = GHOST;
+    meta.handed = false;
+    meta.watch = 0;
+  }
+
   #ghostify(obj: Persistent, meta: Meta): void {
     this.#cache.unload(obj, meta);
-    dropState(obj);
+    dropAddedFields(obj, meta);
+    dropState(obj, meta);
     meta.state = GHOST;
     const refs = meta.refs;
-    meta.orig = null;
+    meta.record = null;
     meta.bytes = null;
     meta.refs = null;
+    meta.handed = false;
+    meta.watch = 0;
     // The object and the ghosts it referred to may now be unreachable: hold them weakly.
     this.#cache.demote(meta.oid, obj);
     if (refs !== null) {
       for (const r of refs) {
         const rm = metaOf(r);
-        if (rm.state === GHOST) this.#cache.demote(rm.oid, r);
+        if (rm.state === GHOST && rm.record === null) this.#cache.demote(rm.oid, r);
       }
     }
   }
@@ -1106,38 +1317,48 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
     });
   }
 
-  /** Bookkeeping after a successful finish; returns the objects changed while in flight. */
+  /**
+   * Bookkeeping after a successful finish: each written object holds its new record, and
+   * becomes a soft ghost when it holds nested values (the application may hold them: they
+   * stay with this transaction). New objects get field accessors. Returns the new objects
+   * assigned to while the commit was in flight (their changes are discarded).
+   */
   #committed(work: Array<[Persistent, Meta]>, snaps: Array<ObjectSnapshot | null>, request: CommitRequest, tid: Tid): string[] {
     const inFlight: string[] = [];
-    work.forEach(([obj, meta], i) => {
+    for (let i = 0; i < work.length; i++) {
+      const [obj, meta] = work[i]!;
       const snap = snaps[i];
       const data = request.records[i]!.data;
       this.stats.bytesWritten += data.length;
       const wasNew = meta.state === NEW;
       meta.serial = tid;
-      meta.state = SAVED;
+      meta.record = data;
+      meta.handed = false;
       this.#cache.resize(meta, data.length);
       if (snap !== null && snap !== undefined) {
         meta.className = snap.info.name;
-        meta.orig = snap.values;
-        meta.origKeys = Object.keys(snap.values).length;
-        meta.bytes = snap.state;
+        meta.bytes = data.subarray(data.length - 4 - snap.state.length, data.length - 4);
         meta.refs = snap.refs;
-        meta.containers = snap.containers && !isSelfTracking(obj);
-        if (keepsOriginal(obj, snap.values)) this.#originals.set(meta, { bytes: snap.state, shared: snap.shared, version: snap.info.version });
+        if (keepsOriginal(obj, snap.values)) this.#originals.set(meta, { bytes: meta.bytes, shared: snap.shared, version: snap.info.version });
       }
       if (wasNew) {
+        meta.token = this.#token;
         this.#cache.add(meta.oid, obj);
-        if (!hasCustomState(obj)) learnFields(obj);
+        if (snap !== null && snap !== undefined && !hasCustomState(obj)) {
+          if (changedSince(obj, snap.values)) inFlight.push(`${meta.className}#${meta.oid}`);
+          clearState(obj);
+          putState(obj, meta, snap.values);
+        }
       }
+      keepAddedFields(obj, meta);
+      meta.state = SAVED;
+      const broken = obj instanceof BrokenObject;
+      meta.containers = !broken && (snap === null || snap === undefined || holdsContainers(obj, snap.values));
       this.#cache.touch(obj, meta);
-      // Top-level assignments made while the commit was in flight (nested ones, if any,
-      // show up as changes of the next transaction).
-      if (snap !== null && snap !== undefined && differs(obj, meta, false)) {
-        inFlight.push(`${meta.className}#${meta.oid}`);
-        this.#ghostify(obj, meta);
-      }
-    });
+      // Nested values the application may still hold stay with this transaction.
+      if (meta.containers) this.#soften(obj, meta);
+      else meta.watch = 0;
+    }
     return inFlight;
   }
 
@@ -1147,7 +1368,7 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
     this.#notes = null;
     for (const obj of this.#staleKept.splice(0)) {
       const meta = metaOf(obj);
-      if ((meta.state === SAVED || meta.state === CHANGED) && meta.serial !== committedTid) this.#ghostify(obj, meta);
+      if ((meta.record !== null || meta.state === CHANGED) && meta.serial !== committedTid) this.#ghostify(obj, meta);
     }
     this.#doomed = null;
     this.#replayFailed = false;
@@ -1182,7 +1403,7 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
         const obj = this.#cache.get(oid);
         if (obj === undefined) continue;
         const meta = metaOf(obj);
-        if ((meta.state === SAVED || meta.state === CHANGED) && meta.serial !== committedTid) this.#ghostify(obj, meta);
+        if ((meta.record !== null || meta.state === CHANGED) && meta.serial !== committedTid) this.#ghostify(obj, meta);
       }
     }
     this.#tid = reset ? changes.tid : Math.max(this.#tid, changes.tid);
@@ -1242,8 +1463,14 @@ function workIndex(work: Array<[Persistent, Meta]>): Map<Oid, number> {
   return index;
 }
 
-/** Conflict resolution rounds (vote, merge, vote again) before a commit gives up. */
-const MAX_RESOLVE_ROUNDS = 32;
+/**
+ * Conflict resolution rounds (vote, merge, vote again) before a commit gives up. Every round
+ * merges (a conflict that cannot merge fails at once); many rounds happen only when other
+ * commits keep landing between this one's vote and finish (a storage server, which holds no
+ * lock between them, under many writers of one object), and the jittered pause between
+ * rounds lets one through. Concurrent adds to a Counter then always merge.
+ */
+const MAX_RESOLVE_ROUNDS = 200;
 
 function pause(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
@@ -1272,4 +1499,20 @@ function isTreePiece(obj: Persistent): boolean {
 
 function toStorageConflict(c: ConflictDetail): StorageConflict {
   return { oid: c.oid, readSerial: c.readSerial, committedSerial: c.committedSerial, committedData: null, readOnly: c.readOnly };
+}
+
+/** For comparisons: every reference is acceptable (nothing is adopted). */
+function acceptAnyRef(): void {}
+
+/** Let the event loop run (timers, I/O, signals) after a commit settles. */
+function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+/** Were top-level properties of a new object assigned since `values` were taken from it? */
+function changedSince(obj: Persistent, values: Record<string, unknown>): boolean {
+  const keys = Object.keys(obj);
+  if (keys.length !== Object.keys(values).length) return true;
+  for (const k of keys) if (!Object.hasOwn(values, k) || !Object.is((obj as unknown as Record<string, unknown>)[k], values[k])) return true;
+  return false;
 }

@@ -1,16 +1,27 @@
 /**
  * Between a persistent object and its record: taking the state out of an object (for a
- * commit or a dirty check), putting a decoded state into a ghost, and deciding whether a
- * loaded object differs from what was loaded.
+ * commit or a comparison), putting a decoded state into a ghost, dropping it again, and
+ * deciding whether an object that handed out nested values still matches its stored bytes.
+ *
+ * Three kinds of objects keep their state differently:
+ * - collections (custom state): a symbol-keyed slot, through GET_STATE / SET_STATE;
+ * - BrokenObjects: plain data properties, never compared (written back byte for byte);
+ * - every other persistent object: field accessors backed by `Meta.values` (fields.ts),
+ *   except while new, when its fields are the plain data properties its constructor made.
  */
 import { encodeState, type EncodedState } from "../codec/state.ts";
+import { BrokenObject } from "../persistent/broken-object.ts";
+import { fieldValues, installFields } from "../persistent/fields.ts";
 import {
+  NEW,
   clearState,
   hasCustomState,
-  installState,
+  installData,
+  isPersistent,
   ownState,
   CLEAR_STATE,
   GET_STATE,
+  HOLDS_CONTAINERS,
   SET_STATE,
   type Meta,
   type Persistent,
@@ -19,77 +30,65 @@ import { persistentInfo, type ClassInfo } from "../persistent/class-registry.ts"
 
 export interface ObjectSnapshot extends EncodedState {
   info: ClassInfo;
-  /** The values encoded (the plain state object), kept as the new `orig`. */
+  /** The values encoded (the plain state object), kept as the new backing values. */
   values: Record<string, unknown>;
 }
 
 /** The object's state as a plain object of values (not a copy of nested containers). */
-export function stateValues(obj: Persistent): Record<string, unknown> {
-  return hasCustomState(obj) ? obj[GET_STATE]() : ownState(obj);
+export function stateValues(obj: Persistent, meta: Meta): Record<string, unknown> {
+  if (hasCustomState(obj)) return obj[GET_STATE]();
+  if (meta.state === NEW || meta.values === null) return ownState(obj);
+  return fieldValues(obj, meta);
 }
 
 /** Encode an object's current state; `checkRef` vets each referenced persistent object. */
 export function snapshotObject(
   obj: Persistent,
+  meta: Meta,
   checkRef: (p: Persistent, path: () => string) => void,
 ): ObjectSnapshot {
   const info = persistentInfo(obj);
-  const values = stateValues(obj);
+  const values = stateValues(obj, meta);
   const snap = encodeState(info.cls.name || info.name, values, checkRef) as ObjectSnapshot;
   snap.info = info;
   snap.values = values;
   return snap;
 }
 
-/** Put a decoded state into a ghost (or an object being reloaded). */
-export function putState(obj: Persistent, state: Record<string, unknown>): void {
+/** Put a decoded state into a ghost (or an object being restored). */
+export function putState(obj: Persistent, meta: Meta, state: Record<string, unknown>): void {
   if (hasCustomState(obj)) obj[SET_STATE](state);
-  else installState(obj, state);
+  else if (obj instanceof BrokenObject) installData(obj, state);
+  else installFields(obj, meta, state);
 }
 
-/** Take the state out of a loaded object (it becomes a ghost). */
-export function dropState(obj: Persistent): void {
+/** Take the state out of a loaded object (it becomes a ghost, soft or not). */
+export function dropState(obj: Persistent, meta: Meta): void {
   if (hasCustomState(obj)) obj[CLEAR_STATE]();
-  else clearState(obj);
+  else if (obj instanceof BrokenObject) clearState(obj);
+  meta.values = null;
 }
 
-/** Does any top-level value hold a nested container (anything but primitives and refs)? */
-export function holdsContainers(state: Record<string, unknown>, isRef: (v: object) => boolean): boolean {
+/** Does the installed state hold nested mutable values the application can reach? */
+export function holdsContainers(obj: Persistent, state: Record<string, unknown>): boolean {
+  if (hasCustomState(obj)) return typeof obj[HOLDS_CONTAINERS] === "function" && obj[HOLDS_CONTAINERS]();
+  if (obj instanceof BrokenObject) return false;
   for (const k in state) {
     const v = state[k];
-    if (typeof v === "object" && v !== null && !isRef(v)) return true;
+    if (typeof v === "object" && v !== null && !isPersistent(v)) return true;
   }
   return false;
 }
 
-/**
- * Has the loaded object changed since `meta.orig` / `meta.bytes` were taken? Top-level
- * values are compared by identity (cheap, and enough for primitives and references);
- * when the state holds nested containers, the state is encoded again and compared with the
- * stored bytes and references.
- */
-export function differs(obj: Persistent, meta: Meta, deep = true): boolean {
-  if (!hasCustomState(obj)) {
-    const orig = meta.orig;
-    if (orig === null) return true;
-    const keys = Object.keys(obj);
-    if (keys.length !== meta.origKeys) return true;
-    for (let i = 0; i < keys.length; i++) {
-      const k = keys[i]!;
-      if (!Object.hasOwn(orig, k) || !Object.is((obj as unknown as Record<string, unknown>)[k], orig[k])) return true;
-    }
-  }
-  if (!meta.containers || !deep) return false;
-  const snap = snapshotObject(obj, acceptAnyRef);
+/** Is `snap` (the object encoded now) what `meta` holds as stored (bytes and references)? */
+export function sameAsStored(meta: Meta, snap: EncodedState): boolean {
   const bytes = meta.bytes;
-  if (bytes === null || !sameBytes(snap.state, bytes)) return true;
+  if (bytes === null || !sameBytes(snap.state, bytes)) return false;
   const refs = meta.refs;
-  if (refs === null || refs.length !== snap.refs.length) return true;
-  for (let i = 0; i < refs.length; i++) if (refs[i] !== snap.refs[i]) return true;
-  return false;
+  if (refs === null || refs.length !== snap.refs.length) return false;
+  for (let i = 0; i < refs.length; i++) if (refs[i] !== snap.refs[i]) return false;
+  return true;
 }
-
-function acceptAnyRef(): void {}
 
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && Buffer.compare(a, b) === 0;

@@ -62,6 +62,10 @@ export function registerClass(cls: Function, name: string, options: RegisterOpti
     );
   }
   const info: ClassInfo = { name, cls, kind, version };
+  // Messages V8 writes about an object (a refused `delete` of a stored field) then name it.
+  if (kind === "persistent" && !Object.hasOwn(cls.prototype, Symbol.toStringTag)) {
+    Object.defineProperty(cls.prototype, Symbol.toStringTag, { value: name, configurable: true });
+  }
   byName.set(name, info);
   byClass.set(cls, info);
 }

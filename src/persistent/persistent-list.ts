@@ -5,7 +5,8 @@
  * arrays. For very long collections prefer a BTree (one bucket rewritten per change).
  */
 import { registerClass } from "./class-registry.ts";
-import { CLEAR_STATE, GET_STATE, Persistent, SET_STATE, changedSlot, setSlot } from "./persistent.ts";
+import { JSON_FORM, toJSONValue } from "./json.ts";
+import { CLEAR_STATE, GET_STATE, HOLDS_CONTAINERS, Persistent, SET_STATE, changedSlot, handedSlot, isContainer, setSlot } from "./persistent.ts";
 
 const DATA: unique symbol = Symbol("amber.list");
 
@@ -22,10 +23,10 @@ export class PersistentList<T = unknown> extends Persistent implements Iterable<
   }
   /** The item at `index` (negative counts from the end), like `Array.prototype.at`. */
   at(index: number): T | undefined {
-    return this[DATA].at(index);
+    return items(this).at(index);
   }
   get(index: number): T | undefined {
-    return this[DATA][index];
+    return items(this)[index];
   }
   set(index: number, value: T): void {
     if (!Number.isInteger(index) || index < 0) throw new RangeError(`PersistentList.set: index must be a non-negative integer, got ${index}`);
@@ -65,44 +66,49 @@ export class PersistentList<T = unknown> extends Persistent implements Iterable<
     return this;
   }
   indexOf(item: T, from?: number): number {
-    return this[DATA].indexOf(item, from);
+    return items(this).indexOf(item, from);
   }
   includes(item: T): boolean {
-    return this[DATA].includes(item);
+    return items(this).includes(item);
   }
   find(fn: (item: T, index: number) => boolean): T | undefined {
-    return this[DATA].find(fn);
+    return items(this).find(fn);
   }
   findIndex(fn: (item: T, index: number) => boolean): number {
-    return this[DATA].findIndex(fn);
+    return items(this).findIndex(fn);
   }
   filter(fn: (item: T, index: number) => boolean): T[] {
-    return this[DATA].filter(fn);
+    return items(this).filter(fn);
   }
   map<U>(fn: (item: T, index: number) => U): U[] {
-    return this[DATA].map(fn);
+    return items(this).map(fn);
   }
   forEach(fn: (item: T, index: number) => void): void {
-    this[DATA].forEach(fn);
+    items(this).forEach(fn);
   }
   some(fn: (item: T, index: number) => boolean): boolean {
-    return this[DATA].some(fn);
+    return items(this).some(fn);
   }
   every(fn: (item: T, index: number) => boolean): boolean {
-    return this[DATA].every(fn);
+    return items(this).every(fn);
   }
   slice(start?: number, end?: number): T[] {
-    return this[DATA].slice(start, end);
+    return items(this).slice(start, end);
   }
   /** A plain array copy of the items. */
   toArray(): T[] {
-    return [...this[DATA]];
+    return [...items(this)];
   }
   [Symbol.iterator](): IterableIterator<T> {
-    return this[DATA].values();
+    return items(this).values();
   }
+  /** The items (see json.ts: nothing is loaded). */
   toJSON(): T[] {
-    return [...this[DATA]];
+    return toJSONValue(this) as T[];
+  }
+  /** @internal */
+  [JSON_FORM](): unknown {
+    return [...items(this)];
   }
 
   /** @internal */
@@ -117,6 +123,17 @@ export class PersistentList<T = unknown> extends Persistent implements Iterable<
   [CLEAR_STATE](): void {
     delete (this as Partial<this>)[DATA];
   }
+  /** @internal */
+  [HOLDS_CONTAINERS](): boolean {
+    return this[DATA].some(isContainer);
+  }
 }
 
 registerClass(PersistentList, "amber.PersistentList");
+
+/** The list's items, about to be handed out: nested values are then compared at commit. */
+function items<T>(list: PersistentList<T>): T[] {
+  const data = list[DATA];
+  handedSlot(list);
+  return data;
+}

@@ -6,8 +6,9 @@
  * resolution, see SPEC section 5).
  */
 import { registerClass } from "./class-registry.ts";
-import { CLEAR_STATE, GET_STATE, Persistent, SET_STATE, changedSlot, setSlot } from "./persistent.ts";
+import { CLEAR_STATE, GET_STATE, HOLDS_CONTAINERS, Persistent, SET_STATE, changedSlot, handedSlot, isContainer, setSlot } from "./persistent.ts";
 import { isMergeableKey, sameValue, type State } from "../connection/conflict.ts";
+import { JSON_FORM, toJSONValue } from "./json.ts";
 
 const DATA: unique symbol = Symbol("amber.map");
 const ABSENT = Symbol("absent");
@@ -36,7 +37,7 @@ export class PersistentMap<K = unknown, V = unknown> extends Persistent implemen
     return this[DATA].size;
   }
   get(key: K): V | undefined {
-    return this[DATA].get(key);
+    return contents(this).get(key);
   }
   has(key: K): boolean {
     return this[DATA].has(key);
@@ -61,22 +62,27 @@ export class PersistentMap<K = unknown, V = unknown> extends Persistent implemen
     data.clear();
   }
   keys(): IterableIterator<K> {
-    return this[DATA].keys();
+    return contents(this).keys();
   }
   values(): IterableIterator<V> {
-    return this[DATA].values();
+    return contents(this).values();
   }
   entries(): IterableIterator<[K, V]> {
-    return this[DATA].entries();
+    return contents(this).entries();
   }
   forEach(fn: (value: V, key: K, map: this) => void): void {
-    for (const [k, v] of this[DATA]) fn(v, k, this);
+    for (const [k, v] of contents(this)) fn(v, k, this);
   }
   [Symbol.iterator](): IterableIterator<[K, V]> {
-    return this[DATA].entries();
+    return contents(this).entries();
   }
+  /** The entries as `[key, value]` pairs (see json.ts: nothing is loaded). */
   toJSON(): Array<[K, V]> {
-    return [...this[DATA]];
+    return toJSONValue(this) as Array<[K, V]>;
+  }
+  /** @internal */
+  [JSON_FORM](): unknown {
+    return [...contents(this)];
   }
 
   /**
@@ -118,6 +124,19 @@ export class PersistentMap<K = unknown, V = unknown> extends Persistent implemen
     delete (this as Partial<this>)[MERGE];
     delete (this as Partial<this>)[DATA];
   }
+  /** @internal */
+  [HOLDS_CONTAINERS](): boolean {
+    for (const [k, v] of this[DATA]) if (isContainer(k) || isContainer(v)) return true;
+    return false;
+  }
 }
+
+/** The map's entries, about to be handed out: nested values are then compared at commit. */
+function contents<K, V>(map: PersistentMap<K, V>): Map<K, V> {
+  const data = map[DATA];
+  handedSlot(map);
+  return data;
+}
+
 
 registerClass(PersistentMap, "amber.PersistentMap");

@@ -3,7 +3,8 @@
  * persistent objects are members by identity.
  */
 import { registerClass } from "./class-registry.ts";
-import { CLEAR_STATE, GET_STATE, Persistent, SET_STATE, changedSlot, setSlot } from "./persistent.ts";
+import { JSON_FORM, toJSONValue } from "./json.ts";
+import { CLEAR_STATE, GET_STATE, HOLDS_CONTAINERS, Persistent, SET_STATE, changedSlot, handedSlot, isContainer, setSlot } from "./persistent.ts";
 import { isMergeableKey, type State } from "../connection/conflict.ts";
 
 const DATA: unique symbol = Symbol("amber.set");
@@ -42,22 +43,27 @@ export class PersistentSet<T = unknown> extends Persistent implements Iterable<T
     data.clear();
   }
   values(): IterableIterator<T> {
-    return this[DATA].values();
+    return members(this).values();
   }
   keys(): IterableIterator<T> {
-    return this[DATA].values();
+    return members(this).values();
   }
   entries(): IterableIterator<[T, T]> {
-    return this[DATA].entries();
+    return members(this).entries();
   }
   forEach(fn: (member: T, same: T, set: this) => void): void {
-    for (const m of this[DATA]) fn(m, m, this);
+    for (const m of members(this)) fn(m, m, this);
   }
   [Symbol.iterator](): IterableIterator<T> {
-    return this[DATA].values();
+    return members(this).values();
   }
+  /** The members (see json.ts: nothing is loaded). */
   toJSON(): T[] {
-    return [...this[DATA]];
+    return toJSONValue(this) as T[];
+  }
+  /** @internal */
+  [JSON_FORM](): unknown {
+    return [...members(this)];
   }
 
   /**
@@ -87,6 +93,18 @@ export class PersistentSet<T = unknown> extends Persistent implements Iterable<T
   [CLEAR_STATE](): void {
     delete (this as Partial<this>)[DATA];
   }
+  /** @internal */
+  [HOLDS_CONTAINERS](): boolean {
+    for (const m of this[DATA]) if (isContainer(m)) return true;
+    return false;
+  }
 }
 
 registerClass(PersistentSet, "amber.PersistentSet");
+
+/** The set's members, about to be handed out: nested values are then compared at commit. */
+function members<T>(set: PersistentSet<T>): Set<T> {
+  const data = set[DATA];
+  handedSlot(set);
+  return data;
+}

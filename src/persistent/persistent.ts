@@ -1,33 +1,51 @@
 /**
- * Persistent objects: the life cycle, ghosts and change detection.
+ * Persistent objects: the life cycle, ghosts and change tracking.
  *
- * A persistent object keeps its fields as ordinary own data properties, so a loaded object
- * reads and writes at the speed of a plain object and `Object.keys`, spread, JSON and
- * test-framework equality see its fields. Bookkeeping lives in a private field (`#m`, a
- * `Meta`), out of the user's property namespace.
+ * A loaded persistent object keeps its fields as own, enumerable accessor properties (one
+ * shared getter/setter pair per class and field, see fields.ts) whose values live in a plain
+ * object held by the object's bookkeeping (`Meta.values`). `Object.keys`, spread, JSON and
+ * test-framework equality see the fields; reads and writes cost a little more than on a plain
+ * object; and every assignment is seen when it happens. Bookkeeping lives in a private field
+ * (`#m`, a `Meta`), out of the user's property namespace.
  *
  * States (`stateOf`) and transitions:
  *
- *   state    own properties        how it gets there                   leaves by
- *   -------  --------------------  ----------------------------------  -------------------------
- *   new      the fields            `new C()` by the application        a commit that reaches it -> saved
- *   ghost    none                  a reference decoded from a record;  any touch -> saved (load)
- *                                  eviction; invalidation; abort
- *   saved    the stored state      load; commit                        a change -> changed;
- *                                                                      eviction/invalidation -> ghost
- *   changed  the changed state     assignment, delete, nested change,  commit -> saved; abort -> ghost
- *                                  `markChanged`
+ *   state    Meta                          how it gets there                 leaves by
+ *   -------  ----------------------------  --------------------------------  ------------------------
+ *   new      no connection; the fields     `new C()` by the application      a commit that reaches it
+ *            are plain data properties                                       -> saved
+ *   ghost    GHOST, no record              a reference decoded from a        any touch -> saved (load)
+ *                                          record; eviction; invalidation
+ *   saved    SAVED (values installed), or  load; commit; a "soft" ghost      an assignment or a
+ *            GHOST with its record kept    is re-installed from its kept     collection change ->
+ *            ("soft": installed again from record on the next touch,       changed; eviction or
+ *            the kept bytes on touch)      without I/O                       invalidation -> ghost
+ *   changed  CHANGED                       assignment (setter), a new        commit -> saved;
+ *                                          property, a collection method,    abort -> saved (the
+ *                                          `markChanged`; a nested change    record is installed
+ *                                          found at commit                   again)
  *
- * Ghosts are caught without a per-object Proxy: the prototype chain of every persistent
- * class ends in one Proxy (`chainEnd`), reached only when a property is not found on the
- * object or its class prototypes. Its traps load a ghost and retry. For field names seen
- * before, each class prototype also gets a small accessor pair, so that a ghost's known
- * fields and a constructor's `this.x = v` never pay for the Proxy.
+ * What a transaction touched is all its boundaries look at (never the whole cache):
+ * - the setter of a field, a new property (caught at the end of the prototype chain) and a
+ *   collection's changing methods put the object on its connection's changed list;
+ * - a getter (or a collection's reading method) that hands out a nested mutable value
+ *   (array, plain object, Map, Set, Date, typed array, value-class instance) puts the object
+ *   on the connection's handed-out list; at commit such objects are encoded once and
+ *   compared with their stored bytes, so in-place changes are found without `markChanged`.
+ *   At the end of the transaction they become soft ghosts: a container handed out belongs to
+ *   the transaction that read it, and a later read of the field gets a fresh copy.
+ * - `delete` of a field of a stored object is refused at once: its accessor is not
+ *   configurable, so strict-mode code gets a TypeError (fields added in the current
+ *   transaction may be deleted until it commits).
  *
- * Changes are found by dirty checking (the connection compares each loaded object with the
- * snapshot taken when it was loaded: by identity for top-level values, by re-encoding for
- * nested containers), so assignments, deletes and in-place mutations of nested arrays,
- * objects, Maps and Sets are all seen, no later than commit, and immediately by `stateOf`.
+ * Ghosts are caught without a per-object Proxy: a ghost has the accessors of its class's
+ * known fields, whose getter loads it, and the prototype chain of every persistent class ends
+ * in one Proxy (`chainEnd`), reached only when a property is not found on the object or its
+ * class prototypes, which loads a ghost and retries.
+ *
+ * Each object belongs to one checkout of its connection (`Meta.token`): when the connection
+ * is closed (returned to its pool), its objects become stale, and changing one throws a
+ * TransactionError ("stale-object"); the next checkout gets its own instances.
  */
 import type { Oid, Tid } from "../storage/storage.ts";
 
@@ -42,16 +60,30 @@ export const SAVED = 2;
 /** @internal */
 export const CHANGED = 3;
 
+/**
+ * @internal One checkout of a connection. `ok` is true while the objects of that checkout
+ * may be changed without further checks (open, no commit in flight, not historical): the
+ * setters' fast path reads only this flag.
+ */
+export interface Token {
+  ok: boolean;
+}
+
+/** @internal The token of objects that belong to no connection. */
+export const NO_TOKEN: Token = { ok: false };
+
 /** @internal What a persistent object needs from the connection that holds it. */
 export interface Jar {
-  /** Load the ghost `obj` and install its state; throws if that is not possible. */
+  /** Load the ghost `obj` (or install a soft ghost's kept record); throws if not possible. */
   activate(obj: Persistent, meta: Meta): void;
-  /** Throws when the object may not be changed now (closed, commit in flight). */
+  /** Throws when the object may not be changed now (stale, commit in flight, read-only). */
   checkWrite(obj: Persistent, meta: Meta): void;
   /** Does the loaded object differ from its stored state? */
   isDirty(obj: Persistent, meta: Meta): boolean;
-  /** `markChanged` was called on a loaded object. */
+  /** A loaded object was changed (SAVED -> CHANGED). */
   changed(obj: Persistent, meta: Meta): void;
+  /** A loaded object handed out a nested mutable value: compare it at commit. */
+  handedOut(obj: Persistent, meta: Meta): void;
   /**
    * Per-transaction notes kept by objects for conflict resolution (a BTree's log of the
    * keys it changed), keyed by the object; emptied when the transaction ends.
@@ -59,24 +91,38 @@ export interface Jar {
   transactionNotes(): Map<object, unknown>;
 }
 
+/** @internal The accessors an object has (see fields.ts). */
+export interface FieldSet {
+  readonly keys: readonly string[];
+}
+
 /** @internal Bookkeeping for one persistent object. */
 export class Meta {
   jar: Jar | null = null;
+  token: Token = NO_TOKEN;
   oid: Oid = -1;
   serial: Tid = 0;
   state: number = NEW;
   /** The stored class name (also for objects of unknown classes). */
   className = "";
-  /** The state as loaded or last committed: the values of the own properties then. */
-  orig: Record<string, unknown> | null = null;
-  /** Number of keys of `orig`. */
-  origKeys = 0;
-  /** The state bytes as loaded or last committed, for comparing nested containers. */
+  /** The field values of a loaded object with field accessors (null otherwise). */
+  values: Record<string, unknown> | null = null;
+  /** The record as loaded or last committed (our own bytes), kept while loaded or soft. */
+  record: Uint8Array | null = null;
+  /** The state bytes that count as unchanged (within `record`, or encoded with defaults). */
   bytes: Uint8Array | null = null;
   /** The referenced objects as loaded or last committed, in refs-table order. */
   refs: Persistent[] | null = null;
-  /** The state holds nested mutable values (arrays, objects, Maps, Sets, Dates...). */
+  /** The loaded state holds nested mutable values. */
   containers = false;
+  /** 1 while the state holds nested mutable values none of which was handed out yet. */
+  watch = 0;
+  /** On the connection's handed-out list of this transaction. */
+  handed = false;
+  /** The field accessors this object has (null: none yet). */
+  fields: FieldSet | null = null;
+  /** Fields added in this transaction (configurable accessors until commit). */
+  added: string[] | null = null;
   /** Estimated bytes held by the loaded state (the record size). */
   size = 0;
   /**
@@ -85,7 +131,7 @@ export class Meta {
    */
   viaMeta: Meta | null = null;
   viaPath = "";
-  /** The connection cache's LRU list of loaded objects (see object-cache.ts). */
+  /** The connection cache's LRU list of objects holding records (see object-cache.ts). */
   lruPrev: Meta | null = null;
   lruNext: Meta | null = null;
   lruObj: Persistent | null = null;
@@ -131,12 +177,18 @@ export function isPersistent(value: unknown): value is Persistent {
  * constructor: the state comes from the storage when it is first touched.
  */
 export function makeGhost(cls: Function, meta: Meta): Persistent {
-  meta.state = GHOST;
+  if (meta.state !== SAVED) meta.state = GHOST;
   return makeGhostImpl(cls, meta);
 }
 
+/** @internal Does a ghost need its record from the storage (not a soft ghost)? */
+export function needsLoad(meta: Meta): boolean {
+  return meta.state === GHOST && meta.record === null;
+}
+
 // ---------------------------------------------------------------------------------------
-// Loading state into an object and clearing it, without ever passing through the Proxy.
+// Plain data properties: new objects, BrokenObjects and collection slots, defined without
+// ever passing through setters or the Proxy.
 
 class Returner {
   constructor(o: object) {
@@ -157,9 +209,7 @@ function definerFor(keys: string[]): Definer {
   const id = keys.join("\u0000");
   let d = definers.get(id);
   if (d === undefined) {
-    // Plain identifiers become named fields (the fastest define); others stay computed.
-    const named = (k: string) => /^[A-Za-z_$][\w$]*$/.test(k) && k !== "constructor" && k !== "prototype";
-    const fields = keys.map((k, i) => (named(k) ? `${k} = cur.${k};` : `[K[${i}]] = cur[K[${i}]];`)).join("\n");
+    const fields = keys.map((k, i) => (isIdentifier(k) ? `${k} = cur.${k};` : `[K[${i}]] = cur[K[${i}]];`)).join("\n");
     d = new Function(
       "Returner",
       "K",
@@ -171,42 +221,27 @@ function definerFor(keys: string[]): Definer {
   return d;
 }
 
-interface ClassShape {
-  keys: string[];
-  define: Definer;
-}
-const shapes = new WeakMap<object, ClassShape>();
-
-/** @internal Install `state` as the own properties of `obj` (a ghost or an emptied object). */
-export function installState(obj: object, state: Record<string, unknown>): void {
-  const keys = Object.keys(state);
-  const proto = Object.getPrototypeOf(obj) as object;
-  let shape = shapes.get(proto);
-  if (shape === undefined || !sameKeys(shape.keys, keys)) {
-    learnKeys(proto, keys);
-    shape = { keys, define: definerFor(keys) };
-    shapes.set(proto, shape);
-  }
-  shape.define(obj, state);
+/** @internal A plain identifier that is safe as a generated class field or property name. */
+export function isIdentifier(k: string): boolean {
+  return /^[A-Za-z_$][\w$]*$/.test(k) && k !== "constructor" && k !== "prototype" && k !== "__proto__";
 }
 
-function sameKeys(a: string[], b: string[]): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
+/** @internal Install `state` as own data properties (BrokenObjects). */
+export function installData(obj: object, state: Record<string, unknown>): void {
+  definerFor(Object.keys(state))(obj, state);
 }
 
 /**
  * @internal Remove every own enumerable property, newest first. Deleting the most recently
  * added property lets V8 return to the previous hidden class, so the object stays in fast
- * mode and gets the same shape again when it is reloaded.
+ * mode.
  */
 export function clearState(obj: object): void {
   const keys = Object.keys(obj);
   for (let i = keys.length - 1; i >= 0; i--) delete (obj as Record<string, unknown>)[keys[i]!];
 }
 
-/** @internal Copy the own enumerable properties into a plain object (the default state). */
+/** @internal Copy the own enumerable properties into a plain object (a new object's state). */
 export function ownState(obj: object): Record<string, unknown> {
   // Spread copies own enumerable properties on V8's fast path (it can reuse the shape).
   const out: Record<string, unknown> = { ...obj };
@@ -214,12 +249,10 @@ export function ownState(obj: object): Record<string, unknown> {
   return out;
 }
 
-// ---------------------------------------------------------------------------------------
-// Field accessors on class prototypes and the Proxy at the end of the chain.
-
 const singleDefiners = new Map<PropertyKey, (target: object, value: unknown) => void>();
 
-function defineOwn(target: object, key: PropertyKey, value: unknown): void {
+/** @internal Define an own data property without passing through setters or the Proxy. */
+export function defineOwn(target: object, key: PropertyKey, value: unknown): void {
   let d = singleDefiners.get(key);
   if (d === undefined) {
     d = new Function(
@@ -233,27 +266,47 @@ function defineOwn(target: object, key: PropertyKey, value: unknown): void {
   d(target, value);
 }
 
+// ---------------------------------------------------------------------------------------
+// Hooks by which fields.ts adds the accessors of a new property (kept here so that the
+// Proxy below needs no import of fields.ts, which imports this module).
+
+let addFieldImpl: ((obj: Persistent, meta: Meta, key: string, value: unknown) => void) | null = null;
+
+/** @internal fields.ts registers how a new property of a loaded object is added. */
+export function setAddField(fn: (obj: Persistent, meta: Meta, key: string, value: unknown) => void): void {
+  addFieldImpl = fn;
+}
+
 /** Reached when `key` is not an own property of a persistent object. */
 function missingGet(obj: object, key: PropertyKey): unknown {
   if (hasMetaImpl(obj)) {
     const m = metaOfImpl(obj as Persistent);
-    if (m.state === GHOST) {
-      m.jar!.activate(obj as Persistent, m);
+    if (m.state === GHOST && m.jar !== null) {
+      m.jar.activate(obj as Persistent, m);
       if (Object.hasOwn(obj, key)) return (obj as Record<PropertyKey, unknown>)[key];
     }
   }
   return undefined;
 }
 
+/** An assignment to a property the object does not have (yet). */
 function missingSet(obj: object, key: PropertyKey, value: unknown): void {
   if (hasMetaImpl(obj)) {
-    const m = metaOfImpl(obj as Persistent);
-    if (m.state === GHOST) m.jar!.activate(obj as Persistent, m);
-    if (Object.hasOwn(obj, key)) {
-      (obj as Record<PropertyKey, unknown>)[key] = value;
-      return;
+    const p = obj as Persistent;
+    const m = metaOfImpl(p);
+    const jar = m.jar;
+    if (jar !== null && m.state !== NEW) {
+      jar.checkWrite(p, m);
+      if (m.state === GHOST) jar.activate(p, m);
+      if (Object.hasOwn(obj, key)) {
+        (obj as Record<PropertyKey, unknown>)[key] = value;
+        return;
+      }
+      if (m.values !== null && typeof key === "string" && addFieldImpl !== null) {
+        addFieldImpl(p, m, key, value);
+        return;
+      }
     }
-    if (m.jar !== null) m.jar.checkWrite(obj as Persistent, m);
   }
   defineOwn(obj, key, value);
 }
@@ -281,11 +334,12 @@ function accessorFor(key: string): PropertyDescriptor {
 const learned = new WeakMap<object, Set<string>>();
 
 /**
- * Give the class prototype `proto` an accessor pair for each field name not yet known, unless
- * the name is already found on the chain (a method, a user accessor, an Object.prototype
- * member), which must never be shadowed.
+ * @internal Give the class prototype `proto` an accessor pair for each field name not yet
+ * known, unless the name is already found on the chain (a method, a user accessor, an
+ * Object.prototype member), which must never be shadowed. A constructor's `this.x = v` then
+ * never reaches the Proxy.
  */
-function learnKeys(proto: object, keys: readonly string[]): void {
+export function learnKeys(proto: object, keys: readonly string[]): void {
   if (proto === Persistent.prototype || proto === null) return;
   let known = learned.get(proto);
   if (known === undefined) {
@@ -299,24 +353,15 @@ function learnKeys(proto: object, keys: readonly string[]): void {
   }
 }
 
-/** @internal Learn the field names of a new object of a class (on first commit). */
-export function learnFields(obj: object): void {
-  const proto = Object.getPrototypeOf(obj) as object;
-  const known = learned.get(proto);
-  const keys = Object.keys(obj);
-  if (known !== undefined && keys.every((k) => known.has(k))) return;
-  learnKeys(proto, keys);
-}
-
 const chainEnd = new Proxy(Object.prototype, {
   get(target, key, receiver) {
     // `await`/promise resolution probe `then`: answer without loading (a class that stores
-    // a `then` field has a learned accessor on its prototype and never gets here).
+    // a `then` field has an accessor for it and never gets here).
     if (key === "then") return undefined;
     if (typeof receiver === "object" && receiver !== null && hasMetaImpl(receiver)) {
       const m = metaOfImpl(receiver as Persistent);
-      if (m.state === GHOST) {
-        m.jar!.activate(receiver as Persistent, m);
+      if (m.state === GHOST && m.jar !== null) {
+        m.jar.activate(receiver as Persistent, m);
         return Reflect.get(receiver as object, key, receiver);
       }
     }
@@ -324,7 +369,9 @@ const chainEnd = new Proxy(Object.prototype, {
   },
   set(target, key, value, receiver) {
     if (typeof receiver === "object" && receiver !== null && hasMetaImpl(receiver)) {
-      if (typeof key === "string") learnKeys(Object.getPrototypeOf(receiver) as object, [key]);
+      if (typeof key === "string" && metaOfImpl(receiver as Persistent).state === NEW) {
+        learnKeys(Object.getPrototypeOf(receiver) as object, [key]);
+      }
       missingSet(receiver as object, key, value);
       return true;
     }
@@ -369,15 +416,11 @@ export function stateOf(obj: Persistent): ObjectState {
     case NEW:
       return "new";
     case GHOST:
-      return "ghost";
+      return m.record === null ? "ghost" : "saved";
     case CHANGED:
       return "changed";
     default:
-      if (m.jar !== null && m.jar.isDirty(obj, m)) {
-        m.state = CHANGED;
-        return "changed";
-      }
-      return "saved";
+      return m.jar !== null && m.jar.isDirty(obj, m) ? "changed" : "saved";
   }
 }
 
@@ -387,20 +430,21 @@ export function jarOf(obj: Persistent): Jar | undefined {
 }
 
 /**
- * Mark a loaded object changed, for changes amberdb cannot see (for example inside a
- * value it does not know how to compare). A ghost is loaded first.
+ * Mark a loaded object changed, for changes amberdb cannot see. A ghost is loaded first.
  */
 export function markChanged(obj: Persistent): void {
   const m = meta(obj, "markChanged");
-  if (m.jar === null) return;
-  if (m.state === GHOST) m.jar.activate(obj, m);
-  m.jar.checkWrite(obj, m);
-  m.jar.changed(obj, m);
+  const jar = m.jar;
+  if (jar === null) return;
+  jar.checkWrite(obj, m);
+  if (m.state === GHOST) jar.activate(obj, m);
+  jar.changed(obj, m);
 }
 
 // ---------------------------------------------------------------------------------------
-// Collections keep their contents in a symbol-keyed slot rather than in own fields; they
-// implement these three hooks and report their own changes with `changedSlot`.
+// Collections keep their contents in a symbol-keyed slot rather than in fields; they
+// implement these hooks, report their changes with `changedSlot` and the nested values they
+// hand out with `handedSlot`.
 
 /** @internal Returns the state to store (a plain object). */
 export const GET_STATE: unique symbol = Symbol("amber.getState");
@@ -408,35 +452,26 @@ export const GET_STATE: unique symbol = Symbol("amber.getState");
 export const SET_STATE: unique symbol = Symbol("amber.setState");
 /** @internal Drops the state (the object becomes a ghost). */
 export const CLEAR_STATE: unique symbol = Symbol("amber.clearState");
+/**
+ * @internal Does the installed state hold nested mutable values that the collection hands
+ * out (its contents, not its own arrays and maps)? Such collections are compared at commit
+ * when they handed one out.
+ */
+export const HOLDS_CONTAINERS: unique symbol = Symbol("amber.holdsContainers");
 
 /** @internal */
 export interface CustomState {
   [GET_STATE](): Record<string, unknown>;
   [SET_STATE](state: Record<string, unknown>): void;
   [CLEAR_STATE](): void;
+  [HOLDS_CONTAINERS](): boolean;
 }
 
 // Defined (as undefined) on Persistent.prototype so that looking them up on any persistent
 // object stops there and never reaches the Proxy at the end of the chain (which would load
 // a ghost). Collections override them on their own prototypes.
-for (const key of [GET_STATE, SET_STATE, CLEAR_STATE]) {
+for (const key of [GET_STATE, SET_STATE, CLEAR_STATE, HOLDS_CONTAINERS]) {
   Object.defineProperty(Persistent.prototype, key, { value: undefined, writable: true, configurable: true });
-}
-
-/**
- * @internal A class whose every change goes through methods that call `changedSlot` (BTree
- * buckets and nodes) sets this to true on its prototype: its loaded objects are then not
- * re-encoded at commit to look for in-place changes of nested values, which for large
- * collections would dominate commit time. Values stored in such a collection are compared
- * by identity: a plain value changed in place must be set again (BTree.set writes a container
- * set again even when it is the same object).
- */
-export const SELF_TRACKING: unique symbol = Symbol("amber.selfTracking");
-Object.defineProperty(Persistent.prototype, SELF_TRACKING, { value: false, writable: true, configurable: true });
-
-/** @internal */
-export function isSelfTracking(obj: object): boolean {
-  return (obj as { [SELF_TRACKING]?: boolean })[SELF_TRACKING] === true;
 }
 
 /** @internal Does the object's class keep its state in a slot (collections)? */
@@ -450,12 +485,42 @@ export function setSlot(obj: object, key: PropertyKey, value: unknown): void {
 }
 
 /**
- * @internal A collection changed its contents: check that it may change now, and mark it
- * changed. A ghost is loaded first by the caller (reading its slot does that).
+ * @internal A collection is about to change its contents: check that it may change now, load
+ * it if it is a ghost, and mark it changed. The caller reads its slot after this call (a
+ * slot read before it may belong to a state that loading replaced).
  */
 export function changedSlot(obj: Persistent): void {
   const m = metaOfImpl(obj);
-  if (m.jar === null) return;
-  m.jar.checkWrite(obj, m);
-  if (m.state !== CHANGED) m.jar.changed(obj, m);
+  const jar = m.jar;
+  if (jar === null) return;
+  if (m.token.ok !== true || m.state === GHOST) {
+    jar.checkWrite(obj, m);
+    if (m.state === GHOST) jar.activate(obj, m);
+  }
+  if (m.state !== CHANGED) jar.changed(obj, m);
+}
+
+/**
+ * @internal A collection is handing out (or letting the caller reach) its nested values:
+ * if they include mutable ones, compare the collection at commit. The caller has read its
+ * slot first.
+ */
+export function handedSlot(obj: Persistent): void {
+  const m = metaOfImpl(obj);
+  if (m.watch !== 0) {
+    m.watch = 0;
+    if (m.jar !== null) m.jar.handedOut(obj, m);
+  }
+}
+
+/** @internal A field getter handed out `value`: note it if it is a nested mutable value. */
+export function handedField(obj: Persistent, m: Meta, value: object): void {
+  if (hasMetaImpl(value)) return;
+  m.watch = 0;
+  if (m.jar !== null) m.jar.handedOut(obj, m);
+}
+
+/** @internal A nested mutable value: an object that is not a persistent object. */
+export function isContainer(v: unknown): boolean {
+  return typeof v === "object" && v !== null && !hasMetaImpl(v);
 }

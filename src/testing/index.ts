@@ -17,10 +17,9 @@
  * on a server with the default `serverSync: true` (a LAST_TID request); none on a server
  * with `serverSync: false`, and none for the begin right after a server connection's own
  * commit. A transaction begins when a connection is opened or taken from the pool, at
- * `abort()`, after a commit, and at `close()`, which aborts: so `conn.close()` (and
- * `await using` leaving its block) inside the counted function adds that one round trip,
- * and a read-only `db.transact(fn)` counts three besides its loads (open, the empty commit,
- * close). Close connections outside the counted function to count only the work.
+ * `abort()` and after a commit; `conn.close()` (and `await using` leaving its block) begins
+ * none and counts nothing (the next checkout begins its own transaction). A read-only
+ * `db.transact(fn)` counts two besides its loads (open, the empty commit).
  */
 import { accounting } from "../connection/connection.ts";
 
