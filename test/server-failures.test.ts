@@ -962,9 +962,11 @@ describe("amber serve: failures and bad input (real processes)", () => {
       const conn = db.open({ cacheSize: 1000 });
       const box = conn.root().get(`c${i}`) as Box;
       for (;;) {
-        box.value = st.acked + 1;
-        st.attempted = box.value;
         try {
+          // Inside the try too: once the server has said goodbye, the next transaction may
+          // need to load the box again, which fails "disconnected" like the commit would.
+          box.value = st.acked + 1;
+          st.attempted = box.value;
           await conn.commit();
           st.acked = st.attempted;
         } catch (err) {

@@ -35,6 +35,7 @@ import { PersistentSet } from "../persistent/persistent-set.ts";
 import {
   CHANGED,
   GHOST,
+  LOCKED,
   NEW,
   SAVED,
   Meta,
@@ -556,7 +557,7 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
 
   /** @internal */
   isDirty(obj: Persistent, meta: Meta): boolean {
-    if (meta.state === CHANGED) return true;
+    if (meta.state === CHANGED || meta.state === LOCKED) return true;
     if (meta.state !== SAVED || !meta.handed || meta.token !== this.#token) return false;
     try {
       return !sameAsStored(meta, snapshotObject(obj, meta, acceptAnyRef));
@@ -616,8 +617,10 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
     this.#token.ok = false;
     let adopted: Meta[] = [];
     let mergedByHooks = false;
+    const rounds: Array<Array<[Persistent, Meta]>> = [];
     try {
       for (let round = 1; ; round++) {
+        unlock(rounds);
         adopted = [];
         const { work, snaps } = collectWork(this, this.#changedList, this.#handedList, adopted, (obj, meta) => {
           // Found changed by comparison: a change in place of a nested value.
@@ -627,6 +630,9 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
         if (this.#at !== undefined && work.length > 0) {
           throw new TransactionError("cannot commit changes in a read-only historical view", "read-only");
         }
+        // Writes to these objects while the round is in flight are refused (fields.ts).
+        for (const [, m] of work) if (m.state === CHANGED) m.state = LOCKED;
+        rounds.push(work);
         if (work.length === 0) {
           // Nothing to write (also when a merge found its changes already committed). Objects
           // only marked readCurrent are checked, and no transaction is written.
@@ -701,6 +707,7 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
       if (this.#replayFailed && this.#doomed === null) this.#doomed = err instanceof Error ? err : new Error(String(err));
       throw err;
     } finally {
+      unlock(rounds);
       this.#committing = false;
       this.#token.ok = this.#open && this.#at === undefined;
     }
@@ -1013,6 +1020,7 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
    * application still holds keep the state they have; touching a ghost raises "stale-object".
    */
   discard(): void {
+    if (this.#open && !this.#committing) this.#discardChanges();
     this.#open = false;
     this.#token.ok = false;
     this.#cache.clear();
@@ -1474,6 +1482,11 @@ const MAX_RESOLVE_ROUNDS = 200;
 
 function pause(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Objects of the commit rounds so far that are still LOCKED are CHANGED again. */
+function unlock(rounds: Array<Array<[Persistent, Meta]>>): void {
+  for (const work of rounds.splice(0)) for (const [, m] of work) if (m.state === LOCKED) m.state = CHANGED;
 }
 
 /** New objects given oids by a vote that did not commit get them again next time. */

@@ -13,9 +13,11 @@
  *
  *   getter: values loaded -> the value; a nested mutable value is reported once per
  *           transaction (handedField); a ghost or soft ghost -> activate, then the value
- *   setter: values loaded and the checkout's token ok -> store the value, report the first
- *           change of the transaction; otherwise the slow path checks why (stale object,
- *           commit in flight, read-only view), loads a ghost, and stores
+ *   setter: the object CHANGED -> store the value (writes to objects changed already in this
+ *           transaction cost a load of the state and a store); otherwise the slow path
+ *           checks that it may change now (not stale, no commit in flight, not a read-only
+ *           view: objects of a commit in flight are LOCKED), loads a ghost, stores the
+ *           value and reports the first change of the transaction
  */
 import {
   CHANGED,
@@ -23,6 +25,7 @@ import {
   handedField,
   learnKeys,
   metaOf,
+  compileWithMeta,
   setAddField,
   type FieldSet,
   type Meta,
@@ -64,7 +67,31 @@ interface ClassFields {
 
 const classes = new WeakMap<object, ClassFields>();
 
-function slowGet(obj: Persistent, key: string): unknown {
+/**
+ * The accessors' slow paths (ghosts, stale objects, commits in flight) are called through
+ * these wrappers, whose generated bodies are too large for TurboFan to inline (its limit is
+ * 460 bytes of bytecode): a slow path that was hot while objects loaded would otherwise be
+ * inlined into every field accessor, making the accessors too large to inline into the
+ * application's loops, and hot reads three times slower (bench/hot-field.ts).
+ */
+function outOfLine<F extends (...args: never[]) => unknown>(fn: F): F {
+  const filler = Array.from({ length: 80 }, (_, i) => `sink.v${i % 8} = a + ${i};`).join("\n");
+  return new Function(
+    "fn",
+    "sink",
+    `return function outOfLine(a, b, c) {
+      if (a === sink) {
+${filler}
+      }
+      return fn(a, b, c);
+    };`,
+  )(fn, {}) as F;
+}
+
+const slowGet = outOfLine(slowGetImpl);
+const slowSet = outOfLine(slowSetImpl);
+
+function slowGetImpl(obj: Persistent, key: string): unknown {
   const m = metaOf(obj);
   if (m.values === null) {
     const jar = m.jar;
@@ -77,7 +104,7 @@ function slowGet(obj: Persistent, key: string): unknown {
   return v;
 }
 
-function slowSet(obj: Persistent, key: string, value: unknown): void {
+function slowSetImpl(obj: Persistent, key: string, value: unknown): void {
   const m = metaOf(obj);
   const jar = m.jar;
   if (jar === null) {
@@ -94,32 +121,30 @@ function changed(obj: Persistent, m: Meta): void {
   m.jar!.changed(obj, m);
 }
 
+let pairSerial = 0;
+
 function makePair(key: string): Pair {
   const k = JSON.stringify(key);
-  return new Function(
-    "metaOf",
-    "slowGet",
-    "slowSet",
-    "handedField",
-    "changed",
-    `return {
+  // Compiled where `#m` is in scope, with a distinct source per pair (the serial): functions
+  // compiled from one text would share their feedback, and their inline caches would see
+  // every class (megamorphic reads of `#m` made field reads five times slower).
+  const source = `(function (slowGet, slowSet, handedField, changed) {
+    // field accessor pair ${++pairSerial}
+    return {
       get() {
-        const m = metaOf(this);
-        const s = m.values;
+        const s = this.#v;
         if (s === null) return slowGet(this, ${k});
         const v = s[${k}];
-        if (m.watch !== 0 && typeof v === "object" && v !== null) handedField(this, m, v);
+        if (typeof v === "object" && v !== null && this.#w !== 0) return handedField(this, this.#m, v);
         return v;
       },
       set(v) {
-        const m = metaOf(this);
-        const s = m.values;
-        if (s === null || m.token.ok !== true) { slowSet(this, ${k}, v); return; }
-        s[${k}] = v;
-        if (m.state !== ${CHANGED}) changed(this, m);
+        if (this.#s === ${CHANGED}) { this.#v[${k}] = v; return; }
+        slowSet(this, ${k}, v);
       },
-    };`,
-  )(metaOf, slowGet, slowSet, handedField, changed) as Pair;
+    };
+  })`;
+  return (compileWithMeta(source) as (...fns: unknown[]) => Pair)(slowGet, slowSet, handedField, changed);
 }
 
 function pairOf(cf: ClassFields, key: string): Pair {

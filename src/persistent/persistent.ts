@@ -59,6 +59,11 @@ export const GHOST = 1;
 export const SAVED = 2;
 /** @internal */
 export const CHANGED = 3;
+/**
+ * @internal Changed, and part of a commit in flight: the field setters' fast path takes only
+ * CHANGED objects, so writes to these take the slow path, which refuses them.
+ */
+export const LOCKED = 4;
 
 /**
  * @internal One checkout of a connection. `ok` is true while the objects of that checkout
@@ -98,27 +103,68 @@ export interface FieldSet {
 
 /** @internal Bookkeeping for one persistent object. */
 export class Meta {
-  jar: Jar | null = null;
+  /**
+   * The object. The three values the field accessors read on every access (`values`,
+   * `watch`, `state`) live in private fields of the object itself, one hop closer than the
+   * Meta (a Meta is large, and reading it cost a cache miss per access on big caches); these
+   * accessors reach them, and hold them until the object is made.
+   */
+  obj: Persistent | null = null;
+  #values: Record<string, unknown> | null = null;
+  #watch = 0;
+  #state: number = NEW;
+  /** The field values of a loaded object with field accessors (null otherwise). */
+  get values(): Record<string, unknown> | null {
+    return this.obj === null ? this.#values : hot.values(this.obj);
+  }
+  set values(v: Record<string, unknown> | null) {
+    if (this.obj === null) this.#values = v;
+    else hot.setValues(this.obj, v);
+  }
+  /** 1 while the state holds nested mutable values none of which was handed out yet. */
+  get watch(): number {
+    return this.obj === null ? this.#watch : hot.watch(this.obj);
+  }
+  set watch(v: number) {
+    if (this.obj === null) this.#watch = v;
+    else hot.setWatch(this.obj, v);
+  }
+  /** The life-cycle code (NEW, GHOST, SAVED, CHANGED, LOCKED). */
+  get state(): number {
+    return this.obj === null ? this.#state : hot.state(this.obj);
+  }
+  set state(v: number) {
+    if (this.obj === null) this.#state = v;
+    else hot.setState(this.obj, v);
+  }
+  /** @internal The object is made: it holds the hot values from now on. */
+  bind(obj: Persistent): void {
+    this.obj = obj;
+    hot.setValues(obj, this.#values);
+    hot.setWatch(obj, this.#watch);
+    hot.setState(obj, this.#state);
+  }
   token: Token = NO_TOKEN;
+  jar: Jar | null = null;
   oid: Oid = -1;
-  serial: Tid = 0;
-  state: number = NEW;
+  /**
+   * Starts as a non-integer so that V8 gives the field a double representation from the
+   * start: tids are beyond small integers, and changing the representation later would
+   * deprecate the hidden class of every Meta, which the field accessors read on each access.
+   */
+  serial: Tid = 0.5;
+  /** On the connection's handed-out list of this transaction. */
+  handed = false;
+  /** The loaded state holds nested mutable values. */
+  containers = false;
   /** The stored class name (also for objects of unknown classes). */
   className = "";
-  /** The field values of a loaded object with field accessors (null otherwise). */
-  values: Record<string, unknown> | null = null;
   /** The record as loaded or last committed (our own bytes), kept while loaded or soft. */
   record: Uint8Array | null = null;
   /** The state bytes that count as unchanged (within `record`, or encoded with defaults). */
   bytes: Uint8Array | null = null;
   /** The referenced objects as loaded or last committed, in refs-table order. */
   refs: Persistent[] | null = null;
-  /** The loaded state holds nested mutable values. */
-  containers = false;
-  /** 1 while the state holds nested mutable values none of which was handed out yet. */
-  watch = 0;
-  /** On the connection's handed-out list of this transaction. */
-  handed = false;
   /** The field accessors this object has (null: none yet). */
   fields: FieldSet | null = null;
   /** Fields added in this transaction (configurable accessors until commit). */
@@ -135,28 +181,65 @@ export class Meta {
   lruPrev: Meta | null = null;
   lruNext: Meta | null = null;
   lruObj: Persistent | null = null;
+
+  constructor() {
+    this.serial = 0;
+  }
 }
 
 let metaOfImpl: (obj: Persistent) => Meta;
+/** Readers and writers of the hot private fields, defined in Persistent's class body. */
+const hot = {} as {
+  values(obj: Persistent): Record<string, unknown> | null;
+  watch(obj: Persistent): number;
+  state(obj: Persistent): number;
+  setValues(obj: Persistent, v: Record<string, unknown> | null): void;
+  setWatch(obj: Persistent, v: number): void;
+  setState(obj: Persistent, v: number): void;
+};
+let compileImpl: (source: string) => unknown;
 let hasMetaImpl: (obj: object) => boolean;
 let makeGhostImpl: (cls: Function, meta: Meta) => Persistent;
 
 /** The base class of every persistent class. */
 export class Persistent {
   #m: Meta;
+  // The hot bookkeeping, read by the field accessors on every access (see Meta).
+  #v: Record<string, unknown> | null = null;
+  #w = 0;
+  #s: number = NEW;
 
   constructor() {
-    this.#m = pendingMeta ?? new Meta();
+    const m = pendingMeta ?? new Meta();
     pendingMeta = null;
+    this.#m = m;
+    m.bind(this);
   }
 
   static {
     metaOfImpl = (obj) => obj.#m;
+    hot.values = (obj) => obj.#v;
+    hot.watch = (obj) => obj.#w;
+    hot.state = (obj) => obj.#s;
+    hot.setValues = (obj, v) => {
+      obj.#v = v;
+    };
+    hot.setWatch = (obj, v) => {
+      obj.#w = v;
+    };
+    hot.setState = (obj, v) => {
+      obj.#s = v;
+    };
     hasMetaImpl = (obj) => #m in obj;
     makeGhostImpl = (cls, meta) => {
       pendingMeta = meta;
       return Reflect.construct(Persistent, [], cls) as Persistent;
     };
+    // Direct eval inside the class body: the compiled code may read `#m` itself. The field
+    // accessors are compiled here, one function per class and field, so that each has inline
+    // caches of its own (a shared reader of `#m` sees every persistent class and goes
+    // megamorphic, which made field reads five times slower).
+    compileImpl = (source: string): unknown => eval(source);
   }
 }
 
@@ -165,6 +248,15 @@ let pendingMeta: Meta | null = null;
 /** @internal The bookkeeping of a persistent object. */
 export function metaOf(obj: Persistent): Meta {
   return metaOfImpl(obj);
+}
+
+/**
+ * @internal Compile `source` (an expression) where the private field `#m` is in scope, for
+ * the generated field accessors (fields.ts). Give each a distinct source text: compiled
+ * functions of the same text would share their feedback.
+ */
+export function compileWithMeta(source: string): unknown {
+  return compileImpl(source);
 }
 
 /** Is `value` a persistent object (an instance of a class derived from `Persistent`)? */
@@ -418,6 +510,7 @@ export function stateOf(obj: Persistent): ObjectState {
     case GHOST:
       return m.record === null ? "ghost" : "saved";
     case CHANGED:
+    case LOCKED:
       return "changed";
     default:
       return m.jar !== null && m.jar.isDirty(obj, m) ? "changed" : "saved";
@@ -514,10 +607,11 @@ export function handedSlot(obj: Persistent): void {
 }
 
 /** @internal A field getter handed out `value`: note it if it is a nested mutable value. */
-export function handedField(obj: Persistent, m: Meta, value: object): void {
-  if (hasMetaImpl(value)) return;
+export function handedField<T extends object>(obj: Persistent, m: Meta, value: T): T {
+  if (hasMetaImpl(value)) return value;
   m.watch = 0;
   if (m.jar !== null) m.jar.handedOut(obj, m);
+  return value;
 }
 
 /** @internal A nested mutable value: an object that is not a persistent object. */
