@@ -157,6 +157,26 @@ describe.each(storages)("change tracking on $name", ({ url }) => {
     await db.close();
   });
 
+  it("nested values of a new object stay with the transaction that committed it", async () => {
+    const db = await setup();
+    const conn = fresh(db);
+    const d = new Doc();
+    const tags = d.tags;
+    conn.root().set("d", d);
+    await conn.commit();
+    tags.push("after the commit, through the array of the new object");
+    d.title = "t"; // a change of the same object in the next transaction
+    expect(d.tags).toEqual([]);
+    expect(d.tags).not.toBe(tags);
+    d.tags.push("read again");
+    await conn.commit();
+    const other = fresh(db);
+    const o = other.root().get("d") as Doc;
+    expect([o.title, o.tags]).toEqual(["t", ["read again"]]);
+    await Promise.all([conn.close(), other.close()]);
+    await db.close();
+  });
+
   it("refuses changes to an object whose transaction ended, also after its connection is checked out again", async () => {
     const db = await setup();
     await db.transact((root) => root.set("d", new Doc()));

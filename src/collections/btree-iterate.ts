@@ -52,9 +52,9 @@ export function scan<K extends BTreeKey, V>(
   return reverse ? backward(rootOf, lo, hi, limit, kind) : forward(rootOf, lo, hi, limit, kind);
 }
 
-function item<K, V>(kind: number, k: K, v: V, bucket: BTreeBucket<K, V>): unknown {
+function item<K, V>(kind: number, k: K, v: V, bucket: BTreeBucket<K, V> | null): unknown {
   // A nested value handed out: the bucket is compared at commit (changes in place count).
-  if (kind !== KEYS && typeof v === "object" && v !== null) handedSlot(bucket);
+  if (bucket !== null && kind !== KEYS && typeof v === "object" && v !== null) handedSlot(bucket);
   if (kind === VALUES) return v;
   // A Date or array key is handed out as a copy; the test is inline for the common
   // primitive keys (calling ownKey for each of them costs a third of a keys() scan).
@@ -110,7 +110,7 @@ class FullScan<K extends BTreeKey, V> implements IterableIterator<unknown> {
           const k = d.keys[i]!;
           this.#i = i + 1;
           this.#last = k;
-          return { value: item(this.#kind, k, d.values[i], bucket), done: false };
+          return { value: item(this.#kind, k, d.values[i], null), done: false };
         }
       } else {
         this.#seek(root);
@@ -126,7 +126,9 @@ class FullScan<K extends BTreeKey, V> implements IterableIterator<unknown> {
         this.#data = d;
         this.#i = i + 1;
         this.#last = k;
-        return { value: item(this.#kind, k, d.values[i], b), done: false };
+        // Entering a bucket: its values are handed out (once per bucket and scan).
+        if (this.#kind !== KEYS) handedSlot(b);
+        return { value: item(this.#kind, k, d.values[i], null), done: false };
       }
       this.#bucket = d.next;
       this.#i = 0;

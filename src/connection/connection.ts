@@ -38,6 +38,7 @@ import {
   LOCKED,
   NEW,
   SAVED,
+  STALE_CONTAINERS,
   Meta,
   clearState,
   hasCustomState,
@@ -566,6 +567,24 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
     }
   }
 
+  /**
+   * @internal Nested values of `obj` may have been handed out in an earlier transaction:
+   * install fresh copies from its record (its other values are the stored ones already).
+   */
+  refreshContainers(obj: Persistent, meta: Meta): void {
+    meta.watch = meta.containers ? 1 : 0;
+    const values = meta.values;
+    const data = meta.record;
+    if (values === null || data === null || meta.token !== this.#token || hasCustomState(obj)) return;
+    const env = readEnvelope(data, meta.oid, true);
+    const state = decodeState(env.data, this.#refsOf(env, meta), env.shared, env.stateStart, env.stateEnd);
+    applyDefaults(Object.getPrototypeOf(obj) as object, state, Object.keys(state));
+    for (const k of Object.keys(state)) {
+      const v = state[k];
+      if (typeof v === "object" && v !== null && !isPersistent(v)) values[k] = v;
+    }
+  }
+
   /** @internal A loaded object handed out a nested mutable value (see persistent.ts). */
   handedOut(obj: Persistent, meta: Meta): void {
     if (meta.handed || meta.token !== this.#token) return;
@@ -592,6 +611,7 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
   /** @internal */
   changed(obj: Persistent, meta: Meta): void {
     if (meta.state === SAVED) {
+      if (meta.watch === STALE_CONTAINERS) this.refreshContainers(obj, meta);
       meta.state = CHANGED;
       this.#changedList.push(obj);
       this.#cache.touch(obj, meta);
@@ -740,7 +760,7 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
   #endTransaction(): void {
     for (const obj of this.#handedList) {
       const m = metaOf(obj);
-      if (m.handed && m.token === this.#token && m.state === SAVED) this.#soften(obj, m);
+      if (m.handed && m.token === this.#token && m.state === SAVED) this.#holdOver(obj, m);
       m.handed = false;
     }
     this.#handedList = [];
@@ -851,6 +871,7 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
         meta.record = record;
         meta.bytes = record.subarray(committedEnv.stateStart, committedEnv.stateEnd);
         meta.serial = serial;
+        meta.watch = 0; // the merged state's nested values are new: none was handed out
         this.changed(obj, meta);
         meta.state = CHANGED;
         meta.refs = this.#refsOf(committedEnv, meta);
@@ -1186,7 +1207,7 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
     // Our own copy of the record, unless it is ours already (a kept record, a batch reply
     // that is not much larger than the record).
     const data = rec.data;
-    const own = lent || data.buffer.byteLength > 2 * data.byteLength ? copyBytes(data) : data;
+    const own = data === meta.record ? data : lent || data.buffer.byteLength > 2 * data.byteLength ? copyBytes(data) : data;
     let bytes: Uint8Array | null = own.subarray(env.stateStart, env.stateEnd);
     let upgraded = false;
     const info = classByName(env.className);
@@ -1287,6 +1308,17 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
     return true;
   };
 
+  /**
+   * The transaction that may have handed out the object's nested values ends: a field object
+   * gets fresh ones from its record before it hands one out again (STALE_CONTAINERS), a
+   * collection becomes a soft ghost (its state is installed again on the next touch).
+   */
+  #holdOver(obj: Persistent, meta: Meta): void {
+    meta.handed = false;
+    if (meta.values !== null && !hasCustomState(obj)) meta.watch = STALE_CONTAINERS;
+    else this.#soften(obj, meta);
+  }
+
   /** Drop the installed state but keep the record: the next touch installs it again. */
   #soften(obj: Persistent, meta: Meta): void {
     dropState(obj, meta);
@@ -1364,7 +1396,7 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
       meta.containers = !broken && (snap === null || snap === undefined || holdsContainers(obj, snap.values));
       this.#cache.touch(obj, meta);
       // Nested values the application may still hold stay with this transaction.
-      if (meta.containers) this.#soften(obj, meta);
+      if (meta.containers) this.#holdOver(obj, meta);
       else meta.watch = 0;
     }
     return inFlight;
@@ -1452,8 +1484,12 @@ function itemsOf(v: unknown): Persistent[] {
 }
 
 /** A copy (Buffer's own `slice` would be a view of the same memory). */
+/**
+ * A copy of a record's bytes. `Buffer.from` copies small records into Node's shared pool
+ * (a few times faster than a typed-array slice); records loaded together share a slab.
+ */
 function copyBytes(bytes: Uint8Array): Uint8Array {
-  return Uint8Array.prototype.slice.call(bytes);
+  return Buffer.from(bytes);
 }
 
 /**

@@ -100,7 +100,7 @@ function slowGetImpl(obj: Persistent, key: string): unknown {
     if (m.values === null) return undefined;
   }
   const v = m.values[key];
-  if (m.watch !== 0 && typeof v === "object" && v !== null) handedField(obj, m, v);
+  if (m.watch !== 0 && typeof v === "object" && v !== null) return handedField(obj, m, v, key);
   return v;
 }
 
@@ -113,8 +113,10 @@ function slowSetImpl(obj: Persistent, key: string, value: unknown): void {
   }
   jar.checkWrite(obj, m);
   if (m.values === null) jar.activate(obj, m);
-  m.values![key] = value;
+  // First, so that nested values held over from an earlier transaction are replaced by
+  // fresh ones before this value is stored (Jar.changed).
   if (m.state !== CHANGED) jar.changed(obj, m);
+  m.values![key] = value;
 }
 
 function changed(obj: Persistent, m: Meta): void {
@@ -135,7 +137,7 @@ function makePair(key: string): Pair {
         const s = this.#v;
         if (s === null) return slowGet(this, ${k});
         const v = s[${k}];
-        if (typeof v === "object" && v !== null && this.#w !== 0) return handedField(this, this.#m, v);
+        if (typeof v === "object" && v !== null && this.#w !== 0) return handedField(this, this.#m, v, ${k});
         return v;
       },
       set(v) {

@@ -89,6 +89,8 @@ export interface Jar {
   changed(obj: Persistent, meta: Meta): void;
   /** A loaded object handed out a nested mutable value: compare it at commit. */
   handedOut(obj: Persistent, meta: Meta): void;
+  /** Replace the nested values of a loaded object by fresh copies from its record. */
+  refreshContainers(obj: Persistent, meta: Meta): void;
   /**
    * Per-transaction notes kept by objects for conflict resolution (a BTree's log of the
    * keys it changed), keyed by the object; emptied when the transaction ends.
@@ -606,13 +608,30 @@ export function handedSlot(obj: Persistent): void {
   }
 }
 
-/** @internal A field getter handed out `value`: note it if it is a nested mutable value. */
-export function handedField<T extends object>(obj: Persistent, m: Meta, value: T): T {
+/**
+ * @internal The getter of field `key` is handing out `value`: if it is a nested mutable
+ * value, note the object (compared at commit); if the object's nested values were held over
+ * from an earlier transaction (watch 2), fresh ones are installed first and that is returned.
+ */
+export function handedField(obj: Persistent, m: Meta, value: object, key: string): unknown {
   if (hasMetaImpl(value)) return value;
+  const jar = m.jar;
+  if (jar === null) {
+    m.watch = 0;
+    return value;
+  }
+  if (m.watch === STALE_CONTAINERS) jar.refreshContainers(obj, m);
   m.watch = 0;
-  if (m.jar !== null) m.jar.handedOut(obj, m);
-  return value;
+  jar.handedOut(obj, m);
+  return m.values === null ? value : m.values[key];
 }
+
+/**
+ * @internal `Meta.watch` of an object whose nested values may have been handed out in an
+ * earlier transaction: they are replaced by fresh copies (from its record) before one is
+ * handed out or the object changes.
+ */
+export const STALE_CONTAINERS = 2;
 
 /** @internal A nested mutable value: an object that is not a persistent object. */
 export function isContainer(v: unknown): boolean {
