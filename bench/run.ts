@@ -12,6 +12,7 @@ const workloads: Record<string, { script: string; nodeArgs?: string[]; perStorag
   closure: { script: "bench/closure.ts", perStorage: true },
   n_plus_1: { script: "bench/n-plus-1.ts", perStorage: true },
   "hot-field": { script: "bench/hot-field.ts", perStorage: false },
+  boundaries: { script: "bench/boundaries.ts", perStorage: false, table: true },
   memory: { script: "bench/memory.ts", nodeArgs: ["--expose-gc"], perStorage: true },
   conflicts: { script: "bench/conflicts.ts", perStorage: true, table: true },
   btree: { script: "bench/btree.ts", perStorage: true, table: true },

@@ -32,8 +32,9 @@
  *   (array, plain object, Map, Set, Date, typed array, value-class instance) puts the object
  *   on the connection's handed-out list; at commit such objects are encoded once and
  *   compared with their stored bytes, so in-place changes are found without `markChanged`.
- *   At the end of the transaction they become soft ghosts: a container handed out belongs to
- *   the transaction that read it, and a later read of the field gets a fresh copy.
+ *   At the end of the transaction such objects are marked STALE_CONTAINERS: a nested value
+ *   handed out belongs to the transaction that read it, and before the object hands one out
+ *   again (or changes) its nested values are replaced by fresh copies from its record.
  * - `delete` of a field of a stored object is refused at once: its accessor is not
  *   configurable, so strict-mode code gets a TypeError (fields added in the current
  *   transaction may be deleted until it commits).
