@@ -960,7 +960,7 @@ export class Connection implements Jar, AsyncDisposable, PlanHost {
           const obj = this.#cache.get(oid);
           if (obj === undefined) continue;
           const meta = metaOf(obj);
-          if (meta.state === GHOST || meta.state === NEW) continue;
+          if (meta.state === NEW || (meta.state === GHOST && meta.record === null)) continue; // soft ghosts hold a record: drop it
           if (keep.has(meta)) this.#staleKept.push(obj);
           else this.#ghostify(obj, meta);
         }
