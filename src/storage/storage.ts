@@ -21,11 +21,9 @@
  * `ConflictError` (finish).
  */
 
-export type Oid = number;
-export type Tid = number;
-
-/** The oid of the root object (a PersistentMap), created by the first connection. */
-export const ROOT_OID: Oid = 0;
+import type { Oid, Tid } from "../ids.ts";
+export type { Oid, Tid } from "../ids.ts";
+export { ROOT_OID } from "../ids.ts";
 
 /** One revision of one object, as loaded. */
 export interface StoredRecord {
