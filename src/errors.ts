@@ -2,7 +2,7 @@
  * The few error classes amberdb raises. Each carries data (oids, class names, serials),
  * a stable string `code`, and a message that says what was expected and what was found.
  */
-import type { Oid, Tid } from "./storage/storage.ts";
+import type { Oid, Tid } from "./ids.ts";
 
 export class AmberError extends Error {
   readonly code: string;

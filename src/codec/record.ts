@@ -31,7 +31,7 @@
  */
 import { crc32 } from "node:zlib";
 import { StorageError } from "../errors.ts";
-import type { Oid } from "../storage/storage.ts";
+import type { Oid } from "../ids.ts";
 
 const MAGIC = 0xad;
 const FORMAT = 3;

@@ -48,7 +48,7 @@
  * is closed (returned to its pool), its objects become stale, and changing one throws a
  * TransactionError ("stale-object"); the next checkout gets its own instances.
  */
-import type { Oid, Tid } from "../storage/storage.ts";
+import type { Oid, Tid } from "../ids.ts";
 
 export type ObjectState = "new" | "ghost" | "saved" | "changed";
 
