@@ -1,6 +1,6 @@
 /** `amber info <storage>`: what a database holds, without changing it. */
 import { Command } from "commander";
-import { DB } from "../connection/db.ts";
+import { DB } from "../index.ts";
 
 export function infoCommand(): Command {
   return new Command("info")

@@ -3,7 +3,7 @@
  * with a one-line error on failure.
  */
 import { Command, CommanderError } from "commander";
-import { AmberError } from "../errors.ts";
+import { AmberError } from "../index.ts";
 import { infoCommand } from "./info.ts";
 import { serveCommand } from "./serve.ts";
 
