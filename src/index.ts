@@ -40,6 +40,7 @@ export {
   StorageError,
   TransactionError,
   type ConflictDetail,
+  type ErrorCode,
 } from "./errors.ts";
 export type { Oid, Tid, Storage, StoredRecord, CommitRequest, StorageConflict, Changes } from "./storage/storage.ts";
 export { MemoryStorage } from "./storage/memory-storage.ts";
