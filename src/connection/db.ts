@@ -7,7 +7,7 @@ import { AmberError, ConflictError, TransactionError } from "../errors.ts";
 import { isPersistent, metaOf, type Persistent } from "../persistent/persistent.ts";
 import { openStorage, type StorageOptions } from "../storage/open-storage.ts";
 import { ROOT_OID, type Storage, type Tid } from "../storage/storage.ts";
-import { Connection, type ConnectionHost, type ConnectionOptions } from "./connection.ts";
+import { Connection, createRoot, decodeHistory, discard, reopen, type ConnectionHost, type ConnectionOptions } from "./connection.ts";
 import type { PersistentMap } from "../persistent/persistent-map.ts";
 
 export interface DBOptions extends ConnectionOptions, StorageOptions {
@@ -81,7 +81,7 @@ export class DB implements ConnectionHost, AsyncDisposable {
     const plain = Object.keys(options).length === 0;
     const pooled = plain ? this.#pool.pop() : undefined;
     if (pooled !== undefined) {
-      pooled.reopen();
+      reopen(pooled);
       return pooled;
     }
     const conn = new Connection(this, this.#tid, { ...this.#options, ...options });
@@ -134,10 +134,11 @@ export class DB implements ConnectionHost, AsyncDisposable {
     this.#assertOpen();
     if (!isPersistent(obj) || metaOf(obj).oid < 0) throw new TypeError("history() expects a stored persistent object");
     const m = metaOf(obj);
-    const conn = m.jar as Connection | null;
+    const owner = (m.jar as { owner?: unknown } | null)?.owner;
+    const conn = owner instanceof Connection ? owner : null;
     if (conn === null || !(conn instanceof Connection)) throw new TypeError("history() expects an object of an open connection");
     const revisions = await this.storage.history(m.oid, limit);
-    return revisions.map((rec) => ({ tid: rec.serial, state: conn.decodeRecord(rec) }));
+    return revisions.map((rec) => ({ tid: rec.serial, state: decodeHistory(conn, rec) }));
   }
 
   /**
@@ -162,7 +163,7 @@ export class DB implements ConnectionHost, AsyncDisposable {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    for (const conn of this.#all) conn.discard();
+    for (const conn of this.#all) discard(conn);
     this.#all.clear();
     this.#pool.length = 0;
     await this.storage.close();
@@ -177,7 +178,7 @@ export class DB implements ConnectionHost, AsyncDisposable {
     if (this.#closed) return;
     const limit = this.#options.poolSize ?? 8;
     if (conn.isHistorical || this.#unpooled.has(conn) || this.#pool.length >= limit) {
-      conn.discard();
+      discard(conn);
       this.#all.delete(conn);
       return;
     }
@@ -198,7 +199,7 @@ export class DB implements ConnectionHost, AsyncDisposable {
     if (rec !== null && rec !== undefined) return;
     const conn = this.open();
     try {
-      await conn.createRoot();
+      await createRoot(conn);
     } catch (err) {
       if (!(err instanceof ConflictError)) throw err; // another process created it first
     } finally {

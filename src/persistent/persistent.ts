@@ -80,6 +80,8 @@ export const NO_TOKEN: Token = { ok: false };
 
 /** @internal What a persistent object needs from the connection that holds it. */
 export interface Jar {
+  /** The public connection (what `connectionOf` returns). */
+  readonly owner: object;
   /** Load the ghost `obj` (or install a soft ghost's kept record); throws if not possible. */
   activate(obj: Persistent, meta: Meta): void;
   /** Throws when the object may not be changed now (stale, commit in flight, read-only). */
