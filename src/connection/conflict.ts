@@ -42,6 +42,18 @@ export function resolverOf(cls: Function): ConflictResolver | undefined {
   return typeof hook === "function" ? (hook as ConflictResolver) : undefined;
 }
 
+/**
+ * Does an object of `cls` with this loaded state merge conflicts? A class with
+ * `resolveConflict` may say no for some states with a static `mergesConflicts(state)` (a
+ * PersistentMap merges only when made with `mergeKeys`): the connection then keeps no
+ * original state for it.
+ */
+export function mergesConflicts(cls: Function, state: Record<string, unknown>): boolean {
+  if (resolverOf(cls) === undefined) return false;
+  const says = (cls as { mergesConflicts?: unknown }).mergesConflicts;
+  return typeof says !== "function" || (says as (s: Record<string, unknown>) => boolean).call(cls, state) === true;
+}
+
 /** One `PersistentRef` per oid, shared by the three states of a resolution. */
 export class RefTable {
   readonly #byOid = new Map<Oid, PersistentRef>();

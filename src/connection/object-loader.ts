@@ -24,8 +24,7 @@ import {
 } from "../persistent/persistent.ts";
 import type { Oid, StoredRecord } from "../storage/storage.ts";
 import { applyDefaults } from "./class-defaults.ts";
-import { resolverOf } from "./conflict.ts";
-import { PersistentMap } from "../persistent/persistent-map.ts";
+import { mergesConflicts, resolverOf } from "./conflict.ts";
 import { checkSession, noteLoad, notFound, type Core } from "./core.ts";
 import { dropState, holdsContainers, putState } from "./object-state.ts";
 
@@ -292,6 +291,5 @@ export function acceptAnyRef(): void {}
 
 /** Keep the stored bytes an object was read at (its class resolves conflicts)? */
 export function keepsOriginal(obj: Persistent, state: Record<string, unknown>): boolean {
-  if (resolverOf(obj.constructor) === undefined) return false;
-  return !(obj instanceof PersistentMap) || state.mergeKeys === true;
+  return mergesConflicts(obj.constructor, state);
 }

@@ -90,6 +90,10 @@ export class PersistentMap<K = unknown, V = unknown> extends Persistent implemen
    * the same change to a key); two different changes to one key keep the conflict. Keys
    * must be primitives or persistent objects; maps without `mergeKeys` keep every conflict.
    */
+  static mergesConflicts(state: State): boolean {
+    return state.mergeKeys === true;
+  }
+
   static resolveConflict(original: State, committed: State, mine: State): State | undefined {
     if (original.mergeKeys !== true || committed.mergeKeys !== true || mine.mergeKeys !== true) return undefined;
     const [o, c, m] = [original.data, committed.data, mine.data];
