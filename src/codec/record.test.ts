@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { readEnvelope, recordRefs, writeEnvelope } from "./record.ts";
+import { crc32 } from "node:zlib";
+import { FanOut, readEnvelope, recordRefs, writeEnvelope } from "./record.ts";
 import { StorageError } from "../errors.ts";
 
 const sample = {
@@ -46,5 +47,46 @@ describe("record envelope", () => {
     const data = writeEnvelope(sample);
     expect(() => readEnvelope(data.subarray(0, 5), 7)).toThrow(/shorter than/);
     expect(() => readEnvelope(data.subarray(0, data.length - 1), 7)).toThrow(StorageError);
+  });
+});
+
+describe("record formats", () => {
+  /** `data` rewritten as format 3 (no fan-out bits), checksum recomputed. */
+  function asFormat3(data: Uint8Array): Uint8Array {
+    const out = Buffer.from(data);
+    out[1] = 3;
+    const hlen = out.readUInt32BE(2);
+    let pos = 6;
+    while (out[pos]! & 0x80) pos++; // classVersion varint
+    pos++;
+    out[pos] = out[pos]! & 1; // flags: the shared bit only
+    void hlen;
+    out.writeUInt32LE(crc32(out.subarray(0, out.length - 4)), out.length - 4);
+    return out;
+  }
+
+  it("writes and reads the fan-out bits (how loading plans treat the references)", () => {
+    for (const fanOut of [FanOut.NONE, FanOut.ITEMS, FanOut.PIECES]) {
+      const env = readEnvelope(writeEnvelope({ ...sample, fanOut }));
+      expect(env.fanOut).toBe(fanOut);
+      expect(env.shared).toBe(true);
+    }
+  });
+
+  it("reads format 3 records, taking the fan-out of amberdb's collections from the class name", () => {
+    const list = asFormat3(writeEnvelope({ ...sample, className: "amber.PersistentList", fanOut: FanOut.ITEMS }));
+    const bucket = asFormat3(writeEnvelope({ ...sample, className: "amber.BTreeBucket", fanOut: FanOut.PIECES }));
+    const plain = asFormat3(writeEnvelope({ ...sample, fanOut: FanOut.ITEMS }));
+    expect(readEnvelope(list).fanOut).toBe(FanOut.ITEMS);
+    expect(readEnvelope(bucket).fanOut).toBe(FanOut.PIECES);
+    expect(readEnvelope(plain).fanOut).toBe(FanOut.NONE);
+    expect(recordRefs(list)).toEqual([5, 9]);
+  });
+
+  it("refuses other formats with a clear error naming the formats it reads", () => {
+    const data = Buffer.from(writeEnvelope(sample));
+    data[1] = 9;
+    expect(() => readEnvelope(data, 7)).toThrow(StorageError);
+    expect(() => readEnvelope(data, 7)).toThrow(/record format 9 .*formats 3 and 4/);
   });
 });

@@ -5,11 +5,15 @@
  *
  *   offset  size  field
  *   0       1     magic 0xAD
- *   1       1     format version (3)
+ *   1       1     format version (4; format 3 is read too, see below)
  *   2       4     header length H (big-endian)
  *   6       H     header:
  *                   varint classVersion
- *                   u8     flags (bit 0: state written in structured-clone mode)
+ *                   u8     flags: bit 0, state written in structured-clone mode;
+ *                          bits 1-2, how loading plans treat the references (FanOut):
+ *                          0 = ordinary fields, 1 = a collection's items (a plan step
+ *                          through the collection gives them), 2 = pieces of a collection
+ *                          (a BTree's nodes and buckets: walked through, not items)
  *                   varint S, then S strings (varint byte length, UTF-8); string 0 is the
  *                          class name, the others are the reference paths and class names
  *                   varint R, then R references: varint oid, varint path string index,
@@ -22,7 +26,8 @@
  * references without the application's code. `refPaths[i]` is the top-level property (or
  * collection slot) of the state that holds reference `i`; `refClasses[i]` is the stored
  * class name of the object it points at, so a reader can make a ghost of the right class
- * without loading it. Repeated strings are stored once.
+ * without loading it. Repeated strings are stored once. Format 3 had no fan-out bits: its
+ * records get them from the class name, for amberdb's own collections (LEGACY_FAN_OUT).
  *
  * The checksum makes damaged bytes fail loudly (a flipped bit inside a string would
  * otherwise decode as a different string). Stored little-endian at the end, it lets a
@@ -34,7 +39,29 @@ import { StorageError } from "../errors.ts";
 import type { Oid } from "../ids.ts";
 
 const MAGIC = 0xad;
-const FORMAT = 3;
+const FORMAT = 4;
+/** The previous format, still read: the same layout without the fan-out bits. */
+const FORMAT_3 = 3;
+
+/** How loading plans treat a record's references (flags bits 1-2). */
+export const FanOut = {
+  /** Ordinary fields: a plan step follows the references under the step's property. */
+  NONE: 0,
+  /** A collection: its references are its items (a step through it gives them). */
+  ITEMS: 1,
+  /** A piece of a collection (BTree node, bucket): walked through, its references are items or pieces. */
+  PIECES: 2,
+} as const;
+
+/** Format 3 records: the fan-out of amberdb's own collections, by class name. */
+const LEGACY_FAN_OUT: Record<string, number> = {
+  "amber.PersistentList": FanOut.ITEMS,
+  "amber.PersistentSet": FanOut.ITEMS,
+  "amber.PersistentMap": FanOut.ITEMS,
+  "amber.BTree": FanOut.ITEMS,
+  "amber.BTreeNode": FanOut.PIECES,
+  "amber.BTreeBucket": FanOut.PIECES,
+};
 const FIXED = 6;
 const TRAILER = 4;
 /** The CRC-32 of any envelope (checksum included) whose bytes are intact. */
@@ -48,6 +75,8 @@ export interface Envelope {
   refClasses: string[];
   /** The state holds shared or cyclic containers (decode in structured-clone mode). */
   shared: boolean;
+  /** How loading plans treat the references (FanOut). */
+  fanOut: number;
   /** The state bytes (a view into the envelope). */
   readonly state: Uint8Array;
 }
@@ -65,14 +94,15 @@ export class ParsedEnvelope implements Envelope {
     readonly data: Uint8Array,
     readonly stateStart: number,
     readonly stateEnd: number,
+    readonly fanOut: number = FanOut.NONE,
   ) {}
   get state(): Uint8Array {
     return this.data.subarray(this.stateStart, this.stateEnd);
   }
 }
 
-/** What `writeEnvelope` takes: an envelope; `shared` defaults to false. */
-export type EnvelopeInput = Omit<Envelope, "shared"> & { shared?: boolean };
+/** What `writeEnvelope` takes: an envelope; `shared` and `fanOut` default to false and NONE. */
+export type EnvelopeInput = Omit<Envelope, "shared" | "fanOut"> & { shared?: boolean; fanOut?: number };
 
 /** Build the envelope bytes. Inverse of `readEnvelope`. */
 export function writeEnvelope(e: EnvelopeInput): Uint8Array {
@@ -96,7 +126,7 @@ export function writeEnvelope(e: EnvelopeInput): Uint8Array {
   out[1] = FORMAT;
   out.writeUInt32BE(size, 2);
   let pos = writeVarint(out, FIXED, e.classVersion);
-  out[pos++] = e.shared ? 1 : 0;
+  out[pos++] = (e.shared ? 1 : 0) | (((e.fanOut ?? FanOut.NONE) & 3) << 1);
   pos = writeVarint(out, pos, strings.length);
   for (const b of strings) {
     pos = writeVarint(out, pos, b.length);
@@ -140,7 +170,10 @@ export function readEnvelope(data: Uint8Array, oid?: Oid, verified = false): Par
   const len = data.length;
   if (len < FIXED + TRAILER) damaged(oid, `${len} bytes, shorter than an envelope's ${FIXED + TRAILER} fixed bytes`);
   if (data[0] !== MAGIC) damaged(oid, `expected magic byte 0xad, found 0x${(data[0] ?? 0).toString(16)}`);
-  if (data[1] !== FORMAT) damaged(oid, `unknown record format ${data[1]}`);
+  const format = data[1];
+  if (format !== FORMAT && format !== FORMAT_3) {
+    damaged(oid, `record format ${format} is not one this version of amberdb reads (formats ${FORMAT_3} and ${FORMAT})`);
+  }
   if (!verified && crc32(data) !== CRC_RESIDUE) damaged(oid, "checksum mismatch");
   const hlen = ((data[2]! << 24) | (data[3]! << 16) | (data[4]! << 8) | data[5]!) >>> 0;
   const end = FIXED + hlen;
@@ -172,7 +205,8 @@ export function readEnvelope(data: Uint8Array, oid?: Oid, verified = false): Par
     refClasses[i] = strings[c]!;
   }
   if (r.pos !== end) damaged(oid, "header length does not match its contents");
-  return new ParsedEnvelope(strings[0]!, classVersion, refOids, refPaths, refClasses, (flags & 1) === 1, data, end, len - TRAILER);
+  const fanOut = format === FORMAT ? (flags >> 1) & 3 : (LEGACY_FAN_OUT[strings[0]!] ?? FanOut.NONE);
+  return new ParsedEnvelope(strings[0]!, classVersion, refOids, refPaths, refClasses, (flags & 1) === 1, data, end, len - TRAILER, fanOut);
 }
 
 /**
@@ -181,7 +215,7 @@ export function readEnvelope(data: Uint8Array, oid?: Oid, verified = false): Par
  */
 export function recordRefs(data: Uint8Array, oid?: Oid): Oid[] {
   const len = data.length;
-  if (len < FIXED + TRAILER || data[0] !== MAGIC || data[1] !== FORMAT) return readEnvelope(data, oid).refOids; // raises
+  if (len < FIXED + TRAILER || data[0] !== MAGIC || (data[1] !== FORMAT && data[1] !== FORMAT_3)) return readEnvelope(data, oid).refOids; // raises
   if (crc32(data) !== CRC_RESIDUE) damaged(oid, "checksum mismatch");
   const hlen = ((data[2]! << 24) | (data[3]! << 16) | (data[4]! << 8) | data[5]!) >>> 0;
   const end = FIXED + hlen;

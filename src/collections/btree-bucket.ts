@@ -21,7 +21,7 @@
  * made without running the constructor.
  */
 import { registerClass } from "../persistent/class-registry.ts";
-import { CLEAR_STATE, GET_STATE, HOLDS_CONTAINERS, Persistent, SET_STATE, isPersistent, setSlot } from "../persistent/persistent.ts";
+import { CLEAR_STATE, FAN_OUT, GET_STATE, HOLDS_CONTAINERS, Persistent, SET_STATE, isPersistent, setSlot } from "../persistent/persistent.ts";
 import { compareKeys } from "./key-compare.ts";
 
 /** @internal The slot holding a bucket's state. */
@@ -111,6 +111,9 @@ export class BTreeNode<K = unknown, V = unknown> extends Persistent {
   }
 }
 
+// Plans walk through a tree's pieces to its values.
+Object.defineProperty(BTreeBucket, FAN_OUT, { value: 2 });
+Object.defineProperty(BTreeNode, FAN_OUT, { value: 2 });
 registerClass(BTreeBucket, "amber.BTreeBucket");
 registerClass(BTreeNode, "amber.BTreeNode");
 

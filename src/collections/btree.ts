@@ -59,6 +59,7 @@
 import { registerClass } from "../persistent/class-registry.ts";
 import {
   CLEAR_STATE,
+  FAN_OUT,
   GET_STATE,
   GHOST,
   HOLDS_CONTAINERS,
@@ -317,6 +318,7 @@ export class BTree<K extends BTreeKey = BTreeKey, V = unknown> extends Persisten
   }
 }
 
+Object.defineProperty(BTree, FAN_OUT, { value: 1 }); // plans step through to the items
 registerClass(BTree, "amber.BTree");
 
 // ---------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import { writeEnvelope } from "../codec/record.ts";
 import { ConflictError, TransactionError, type ConflictDetail } from "../errors.ts";
 import { BrokenObject, originalOf } from "../persistent/broken-object.ts";
 import { persistentInfo } from "../persistent/class-registry.ts";
-import { CHANGED, NEW, SAVED, metaOf, type Jar, type Meta, type Persistent } from "../persistent/persistent.ts";
+import { CHANGED, FAN_OUT, NEW, SAVED, metaOf, type Jar, type Meta, type Persistent } from "../persistent/persistent.ts";
 import type { CommitRequest, Oid, RecordToStore, StorageConflict, Tid } from "../storage/storage.ts";
 import { sameAsStored, snapshotObject, type ObjectSnapshot } from "./object-state.ts";
 
@@ -91,6 +91,7 @@ export function buildRequest(
         refPaths: snap.refPaths,
         refClasses,
         shared: snap.shared,
+        fanOut: fanOutOf(snap.info.cls),
         state: snap.state,
       });
     }
@@ -177,4 +178,10 @@ export function collectWork(
     snaps[i] = obj instanceof BrokenObject ? null : snapshotObject(obj, meta, checkRef);
   }
   return { work, snaps };
+}
+
+/** How plans treat the references of records of `cls` (its static FAN_OUT, or none). */
+function fanOutOf(cls: Function): number {
+  const v = (cls as { [FAN_OUT]?: unknown })[FAN_OUT];
+  return v === 1 || v === 2 ? v : 0;
 }

@@ -640,3 +640,11 @@ export const STALE_CONTAINERS = 2;
 export function isContainer(v: unknown): boolean {
   return typeof v === "object" && v !== null && !hasMetaImpl(v);
 }
+
+/**
+ * @internal A static property of collection classes: how loading plans treat the references
+ * of their records (the envelope's fan-out bits, codec/record.ts `FanOut`): 1 = the
+ * collection's items, 2 = pieces of a collection walked through (BTree nodes and buckets).
+ * Storages and servers read it from the record, with no class at hand.
+ */
+export const FAN_OUT: unique symbol = Symbol("amber.fanOut");

@@ -7,7 +7,7 @@
  * Usage (in a `*.test.ts`):  storageContract("memory", async () => new MemoryStorage());
  */
 import { afterEach, describe, expect, it } from "vitest";
-import { readEnvelope, writeEnvelope } from "../codec/record.ts";
+import { FanOut, readEnvelope, writeEnvelope } from "../codec/record.ts";
 import { ConflictError, StorageError } from "../errors.ts";
 import type { CommitRequest, Oid, Storage, StoredRecord, Tid } from "./storage.ts";
 import { MAX_NEW_OIDS } from "./validation.ts";
@@ -236,6 +236,7 @@ export function storageContract(name: string, open: () => Promise<Storage>, opti
         refOids: [x!, y!],
         refPaths: ["items", "items"],
         refClasses: ["T", "T"],
+        fanOut: FanOut.ITEMS, // a collection: a plan step through it gives its items
         state: new TextEncoder().encode("list"),
       });
       const withList = writeEnvelope({

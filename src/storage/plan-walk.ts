@@ -4,11 +4,11 @@
  * a step `follow(prop)` takes, from each record of its source group, the references whose
  * stored path (codec/record.ts: the top-level property holding them) is `prop`.
  *
- * Collections fan out: a reference to one of amberdb's own collection classes
- * (PersistentList, PersistentSet, PersistentMap, BTree) stands for the objects the
- * collection holds, so `follow("subscribers")` on a Bug whose `subscribers` is a
- * PersistentList gives the people, and through a BTree every value in it (its interior
- * nodes and buckets are walked too). Only those built-in class names are known here.
+ * Collections fan out: a reference to a record marked as a collection (its envelope's
+ * fan-out bits, codec/record.ts: the collection classes mark their records) stands for the
+ * objects the collection holds, so `follow("subscribers")` on a Bug whose `subscribers` is a
+ * PersistentList gives the people, and through a BTree every value in it (records marked as
+ * pieces, its interior nodes and buckets, are walked through). No class name is known here.
  *
  * Every record is read at one snapshot; every record returned had its checksum checked.
  * Records of oids in `have` are read (to follow their references) but not returned; a
@@ -16,17 +16,14 @@
  *
  * @internal
  */
-import { readEnvelope } from "../codec/record.ts";
+import { FanOut, readEnvelope } from "../codec/record.ts";
 import { StorageError } from "../errors.ts";
 import type { Oid, PlanOptions, PlanResult, PlanStep, StoredRecord } from "./storage.ts";
 
-/** Collections whose references are their items. */
-const COLLECTIONS = new Set(["amber.PersistentList", "amber.PersistentSet", "amber.PersistentMap", "amber.BTree"]);
-/** The inner pieces of a BTree: walked through, never items themselves. */
-const TREE_PIECES = new Set(["amber.BTreeNode", "amber.BTreeBucket"]);
 
 interface Header {
   className: string;
+  fanOut: number;
   refOids: Oid[];
   refPaths: string[];
   refClasses: string[];
@@ -86,7 +83,7 @@ export function walkPlan(
       return null;
     }
     const env = readEnvelope(rec.data, oid);
-    const h: Header = { className: env.className, refOids: env.refOids, refPaths: env.refPaths, refClasses: env.refClasses };
+    const h: Header = { className: env.className, fanOut: env.fanOut, refOids: env.refOids, refPaths: env.refPaths, refClasses: env.refClasses };
     headers.set(oid, h);
     if (have !== null && have.has(oid)) held.push(oid);
     else {
@@ -120,7 +117,7 @@ export function walkPlan(
           if (h.refPaths[j] !== step.prop) continue;
           const path = `${h.className}#${src}.${step.prop}`;
           const target = h.refOids[j]!;
-          if (COLLECTIONS.has(h.refClasses[j]!)) fanOut(target, path, add, visit, missing);
+          if (visit(target)?.fanOut === FanOut.ITEMS) fanOut(target, path, add, visit, missing);
           else add(target, path);
         }
       }
@@ -150,7 +147,7 @@ function fanOut(
     }
     for (let j = 0; j < h.refOids.length; j++) {
       const ref = h.refOids[j]!;
-      if (TREE_PIECES.has(h.refClasses[j]!)) {
+      if (visit(ref)?.fanOut === FanOut.PIECES) {
         if (!walked.has(ref)) {
           walked.add(ref);
           pending.push(ref);
