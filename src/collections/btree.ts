@@ -60,6 +60,7 @@ import { registerClass } from "../persistent/class-registry.ts";
 import {
   CLEAR_STATE,
   FAN_OUT,
+  ITEMS,
   GET_STATE,
   GHOST,
   HOLDS_CONTAINERS,
@@ -319,6 +320,11 @@ export class BTree<K extends BTreeKey = BTreeKey, V = unknown> extends Persisten
 }
 
 Object.defineProperty(BTree, FAN_OUT, { value: 1 }); // plans step through to the items
+Object.defineProperty(BTree.prototype, ITEMS, {
+  value: function items(this: BTree): Iterable<unknown> {
+    return this.values();
+  },
+});
 registerClass(BTree, "amber.BTree");
 
 // ---------------------------------------------------------------------------------------

@@ -6,12 +6,8 @@
  */
 import { readEnvelope } from "../codec/record.ts";
 import { ObjectNotFoundError, TransactionError } from "../errors.ts";
-import { BTree } from "../collections/btree.ts";
 import { Plan, type Group, type PlanHost } from "../loading/plan.ts";
-import { PersistentList } from "../persistent/persistent-list.ts";
-import { PersistentMap } from "../persistent/persistent-map.ts";
-import { PersistentSet } from "../persistent/persistent-set.ts";
-import { NEW, isPersistent, metaOf, needsLoad, type Persistent } from "../persistent/persistent.ts";
+import { ITEMS, NEW, isPersistent, metaOf, needsLoad, type Persistent } from "../persistent/persistent.ts";
 import type { Oid, PlanStep } from "../storage/storage.ts";
 import { Phase } from "./phase.ts";
 import { assertOpen, checkSession, noteLoad, notFound, own, type Core } from "./core.ts";
@@ -232,8 +228,8 @@ function checkFollowed(obj: Persistent, prop: string, label: string): void {
 function itemsOf(v: unknown): Persistent[] {
   if (v === null || v === undefined) return [];
   let items: Iterable<unknown>;
-  if (v instanceof PersistentMap || v instanceof BTree) items = v.values();
-  else if (v instanceof PersistentList || v instanceof PersistentSet) items = v;
+  const collection = (v as { [ITEMS]?: () => Iterable<unknown> })[ITEMS];
+  if (typeof collection === "function") items = collection.call(v);
   else if (isPersistent(v)) return [v];
   else if (Array.isArray(v)) items = v;
   else if (v instanceof Map) items = v.values();

@@ -6,7 +6,7 @@
  */
 import { registerClass } from "./class-registry.ts";
 import { JSON_FORM, toJSONValue } from "./json.ts";
-import { CLEAR_STATE, GET_STATE, HOLDS_CONTAINERS, Persistent, SET_STATE, changedSlot, handedSlot, isContainer, setSlot, FAN_OUT } from "./persistent.ts";
+import { CLEAR_STATE, GET_STATE, HOLDS_CONTAINERS, Persistent, SET_STATE, changedSlot, handedSlot, isContainer, setSlot, FAN_OUT, ITEMS } from "./persistent.ts";
 
 const DATA: unique symbol = Symbol("amber.list");
 
@@ -130,6 +130,11 @@ export class PersistentList<T = unknown> extends Persistent implements Iterable<
 }
 
 Object.defineProperty(PersistentList, FAN_OUT, { value: 1 }); // plans step through to the items
+Object.defineProperty(PersistentList.prototype, ITEMS, {
+  value: function items(this: PersistentList): Iterable<unknown> {
+    return this[Symbol.iterator]();
+  },
+});
 registerClass(PersistentList, "amber.PersistentList");
 
 /** The list's items, about to be handed out: nested values are then compared at commit. */

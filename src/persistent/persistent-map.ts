@@ -6,7 +6,7 @@
  * resolution, see SPEC section 5).
  */
 import { registerClass } from "./class-registry.ts";
-import { CLEAR_STATE, GET_STATE, HOLDS_CONTAINERS, Persistent, SET_STATE, changedSlot, handedSlot, isContainer, setSlot, FAN_OUT } from "./persistent.ts";
+import { CLEAR_STATE, GET_STATE, HOLDS_CONTAINERS, Persistent, SET_STATE, changedSlot, handedSlot, isContainer, setSlot, FAN_OUT, ITEMS } from "./persistent.ts";
 import { isMergeableKey, sameValue, type State } from "../connection/conflict.ts";
 import { JSON_FORM, toJSONValue } from "./json.ts";
 
@@ -144,4 +144,9 @@ function contents<K, V>(map: PersistentMap<K, V>): Map<K, V> {
 
 
 Object.defineProperty(PersistentMap, FAN_OUT, { value: 1 }); // plans step through to the items
+Object.defineProperty(PersistentMap.prototype, ITEMS, {
+  value: function items(this: PersistentMap): Iterable<unknown> {
+    return this.values();
+  },
+});
 registerClass(PersistentMap, "amber.PersistentMap");

@@ -4,7 +4,7 @@
  */
 import { registerClass } from "./class-registry.ts";
 import { JSON_FORM, toJSONValue } from "./json.ts";
-import { CLEAR_STATE, GET_STATE, HOLDS_CONTAINERS, Persistent, SET_STATE, changedSlot, handedSlot, isContainer, setSlot, FAN_OUT } from "./persistent.ts";
+import { CLEAR_STATE, GET_STATE, HOLDS_CONTAINERS, Persistent, SET_STATE, changedSlot, handedSlot, isContainer, setSlot, FAN_OUT, ITEMS } from "./persistent.ts";
 import { isMergeableKey, type State } from "../connection/conflict.ts";
 
 const DATA: unique symbol = Symbol("amber.set");
@@ -101,6 +101,11 @@ export class PersistentSet<T = unknown> extends Persistent implements Iterable<T
 }
 
 Object.defineProperty(PersistentSet, FAN_OUT, { value: 1 }); // plans step through to the items
+Object.defineProperty(PersistentSet.prototype, ITEMS, {
+  value: function items(this: PersistentSet): Iterable<unknown> {
+    return this.values();
+  },
+});
 registerClass(PersistentSet, "amber.PersistentSet");
 
 /** The set's members, about to be handed out: nested values are then compared at commit. */

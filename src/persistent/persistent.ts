@@ -648,3 +648,12 @@ export function isContainer(v: unknown): boolean {
  * Storages and servers read it from the record, with no class at hand.
  */
 export const FAN_OUT: unique symbol = Symbol("amber.fanOut");
+
+/**
+ * @internal Collections: their items, for a loading plan's step through the collection
+ * (the connection's side of the FAN_OUT marking).
+ */
+export const ITEMS: unique symbol = Symbol("amber.items");
+// Found on Persistent.prototype for every other object, so looking it up never reaches the
+// Proxy at the end of the chain (which would load a ghost).
+Object.defineProperty(Persistent.prototype, ITEMS, { value: undefined, writable: true, configurable: true });
