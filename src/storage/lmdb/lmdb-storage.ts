@@ -26,7 +26,7 @@
  * has released the write lock, so other processes' commits do not queue behind the
  * fsync.) A process crash loses nothing in either mode: the pages are in the OS cache.
  */
-import { ABORT, open, TransactionFlags, type Database, type RootDatabase } from "lmdb";
+import type { Database, RootDatabase } from "lmdb";
 import { StorageError } from "../../errors.ts";
 import { closureOf } from "../closure.ts";
 import { walkPlan } from "../plan-walk.ts";
@@ -66,8 +66,30 @@ export interface LmdbStorageOptions {
 
 /** Oids reserved per write to "nextOid": unused ones are skipped when the process ends. */
 const OID_BLOCK = 1024;
-const DURABLE = TransactionFlags.ABORTABLE | TransactionFlags.SYNCHRONOUS_COMMIT;
-const RELAXED = DURABLE | TransactionFlags.NO_SYNC_FLUSH;
+
+/**
+ * lmdb-js, loaded by the first `LmdbStorage.open` (`loadLmdb`): importing amberdb loads no
+ * native code, and a program that only uses `memory:` or a server never loads it.
+ */
+let lmdb: typeof import("lmdb") | undefined;
+/**
+ * The commit flags (from lmdb-js's TransactionFlags) and lmdb-js's ABORT, set by `loadLmdb`
+ * before any `LmdbStorage` exists (they are only read by instances).
+ */
+let DURABLE = 0;
+let RELAXED = 0;
+let ABORT: typeof import("lmdb").ABORT = {};
+
+async function loadLmdb(): Promise<typeof import("lmdb")> {
+  if (lmdb === undefined) {
+    const m = await import("lmdb");
+    DURABLE = m.TransactionFlags.ABORTABLE | m.TransactionFlags.SYNCHRONOUS_COMMIT;
+    RELAXED = DURABLE | m.TransactionFlags.NO_SYNC_FLUSH;
+    ABORT = m.ABORT;
+    lmdb = m;
+  }
+  return lmdb;
+}
 
 type Bytes = Database<Buffer, string | number | L.HistoryKey>;
 
@@ -124,6 +146,7 @@ export class LmdbStorage implements Storage {
     const readOnly = options.readOnly === true;
     const create = options.create !== false && !readOnly;
     preparePath(path, create);
+    const { open } = await loadLmdb();
     let root: RootDatabase;
     try {
       root = open(path, { noSubdir: false, readOnly, overlappingSync: process.platform !== "win32", maxDbs: 8 });
