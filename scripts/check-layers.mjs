@@ -46,13 +46,6 @@ import { fileURLToPath } from "node:url";
  * under src/.
  */
 export const ALLOWED = [
-  // persistent/ reaches up into the connection for the conflict-resolution helpers the
-  // collections' resolveConflict hooks use (DESIGN: persistent/conflict-hooks.ts).
-  { from: "persistent/persistent-map.ts", to: "connection/conflict.ts", reason: "moves in the connection renovation (conflict hooks to persistent/conflict-hooks.ts)" },
-  { from: "persistent/persistent-set.ts", to: "connection/conflict.ts", reason: "moves in the connection renovation (conflict hooks to persistent/conflict-hooks.ts)" },
-  { from: "collections/btree-merge.ts", to: "connection/conflict.ts", reason: "moves in the connection renovation (conflict hooks to persistent/conflict-hooks.ts)" },
-  // connectionOf(obj) names the Connection type from persistent/ (DESIGN: connection/connection-of.ts).
-  { from: "persistent/connection-of.ts", to: "connection/connection.ts", reason: "moves in the connection renovation (connection-of.ts to connection/)" },
   // cli and testing reach past the public API: `amber serve` needs the StorageServer, which
   // index.ts does not export (an `amberdb/server` entry, or an export, would end this one);
   // amberdb/testing reads the connections' round-trip accounting.

@@ -13,7 +13,7 @@ export {
   stateOf,
   type ObjectState,
 } from "./persistent/persistent.ts";
-export { connectionOf } from "./persistent/connection-of.ts";
+export { connectionOf } from "./connection/connection-of.ts";
 import "./persistent/json.ts"; // Persistent.prototype.toJSON
 export {
   persistent,
@@ -27,7 +27,7 @@ export { PersistentMap, type PersistentMapOptions } from "./persistent/persisten
 export { PersistentList } from "./persistent/persistent-list.ts";
 export { PersistentSet } from "./persistent/persistent-set.ts";
 export { Counter } from "./collections/counter.ts";
-export { PersistentRef, type State, type ConflictResolver } from "./connection/conflict.ts";
+export { PersistentRef, type State, type ConflictResolver } from "./persistent/conflict-hooks.ts";
 export { BTree, type BTreeKey, type BTreeOptions, type BTreeRangeOptions } from "./collections/btree.ts";
 export { BrokenObject } from "./persistent/broken-object.ts";
 export { BrokenValue } from "./codec/state.ts";

@@ -28,7 +28,7 @@
  * The log holds at most `MAX_LOGGED` changes per tree and transaction; a transaction that
  * changes more keys of one tree (a bulk load) keeps ZODB-style conflicts for that tree.
  */
-import { sameValue } from "../connection/conflict.ts";
+import { sameValue } from "../persistent/conflict-hooks.ts";
 import { metaOf, type Persistent } from "../persistent/persistent.ts";
 import { compareKeys } from "./key-compare.ts";
 

@@ -15,7 +15,7 @@ import { CHANGED, GHOST, NEW, metaOf, type Meta, type Persistent } from "../pers
 import type { CommitRequest, Oid, StorageConflict } from "../storage/storage.ts";
 import { isTreePiece, type CommitRound } from "./commit-round.ts";
 import { Phase } from "./phase.ts";
-import { PersistentRef, RefTable, liveState, resolverOf, type State } from "./conflict.ts";
+import { PersistentRef, RefTable, liveState, resolverOf, type State } from "../persistent/conflict-hooks.ts";
 import type { Core } from "./core.ts";
 import { copyBytes, decodeRecord, ghostify, objectFor, refsOf } from "./object-loader.ts";
 import { putState } from "./object-state.ts";

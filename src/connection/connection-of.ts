@@ -1,5 +1,5 @@
-import type { Connection } from "../connection/connection.ts";
-import { jarOf, type Persistent } from "./persistent.ts";
+import type { Connection } from "./connection.ts";
+import { jarOf, type Persistent } from "../persistent/persistent.ts";
 
 /** The connection holding `obj`, or `undefined` while it is new (not yet committed). */
 export function connectionOf(obj: Persistent): Connection | undefined {

@@ -24,7 +24,7 @@ import {
 } from "../persistent/persistent.ts";
 import type { Oid, StoredRecord } from "../storage/storage.ts";
 import { applyDefaults } from "./class-defaults.ts";
-import { mergesConflicts, resolverOf } from "./conflict.ts";
+import { mergesConflicts, resolverOf } from "../persistent/conflict-hooks.ts";
 import { checkSession, noteLoad, notFound, type Core } from "./core.ts";
 import { dropState, holdsContainers, putState } from "./object-state.ts";
 

@@ -12,8 +12,8 @@
  * BTree pieces are not resolved here: their conflicts are merged by replaying the
  * transaction's key changes on the newest tree (see collections/btree-merge.ts).
  */
-import { isPersistent, type Persistent } from "../persistent/persistent.ts";
-import type { Oid } from "../storage/storage.ts";
+import { isPersistent, type Persistent } from "./persistent.ts";
+import type { Oid } from "../ids.ts";
 
 /** A state as a resolver sees it: the object's fields, references as `PersistentRef`s. */
 // `any`: a hook reads and combines fields freely (`committed.n + mine.n - original.n`).

@@ -7,7 +7,7 @@
  */
 import { registerClass } from "./class-registry.ts";
 import { CLEAR_STATE, GET_STATE, HOLDS_CONTAINERS, Persistent, SET_STATE, changedSlot, handedSlot, isContainer, setSlot, FAN_OUT, ITEMS } from "./persistent.ts";
-import { isMergeableKey, sameValue, type State } from "../connection/conflict.ts";
+import { isMergeableKey, sameValue, type State } from "./conflict-hooks.ts";
 import { JSON_FORM, toJSONValue } from "./json.ts";
 
 const DATA: unique symbol = Symbol("amber.map");
