@@ -2,13 +2,14 @@
  * One round of a commit (commit.ts): the objects it writes and their encodings (each encoded
  * once), the new objects they reach, and what conflict resolution needs of them.
  */
-import { BTree } from "../collections/btree.ts";
-import { BTreeBucket, BTreeNode } from "../collections/btree-bucket.ts";
+import { isTreePiece } from "../collections/btree-replay.ts";
 import { CHANGED, LOCKED, NEW, type Meta, type Persistent } from "../persistent/persistent.ts";
 import type { Oid } from "../storage/storage.ts";
 import type { Core } from "./core.ts";
 import type { ObjectSnapshot } from "./object-state.ts";
 import { collectWork } from "./transaction.ts";
+
+export { isTreePiece };
 
 /** The work of one round of a commit. */
 export class CommitRound {
@@ -59,9 +60,4 @@ export class CommitRound {
       }
     }
   }
-}
-
-/** A piece of a BTree (their conflicts merge by replay, not by a hook). */
-export function isTreePiece(obj: Persistent): boolean {
-  return obj instanceof BTree || obj instanceof BTreeBucket || obj instanceof BTreeNode;
 }

@@ -7,9 +7,7 @@
  */
 import { readEnvelope, type ParsedEnvelope } from "../codec/record.ts";
 import { decodeState } from "../codec/state.ts";
-import { BTree, bucketOf, lookupEntry, type BTreeKey } from "../collections/btree.ts";
-import { CHANGED_IN_PLACE, netChanges, replay, replayable, type NetChange, type TreeLog } from "../collections/btree-merge.ts";
-import { compareKeys } from "../collections/key-compare.ts";
+import { mergeByReplay, treesReplayable as canReplay } from "../collections/btree-replay.ts";
 import { classByName, persistentInfo } from "../persistent/class-registry.ts";
 import { CHANGED, GHOST, NEW, metaOf, type Meta, type Persistent } from "../persistent/persistent.ts";
 import type { CommitRequest, Oid, StorageConflict } from "../storage/storage.ts";
@@ -145,95 +143,72 @@ export function resolve(c: Core, round: CommitRound, conflicts: StorageConflict[
   return true;
 }
 
-/**
- * The value `key` had in `tree` at this transaction's snapshot, read from the stored
- * bucket (a container changed in place has lost it); CHANGED_IN_PLACE when unknown.
- */
-export function storedEntry(c: Core, tree: BTree, key: unknown): unknown {
-  const bucket = bucketOf(tree, key);
-  const m = metaOf(bucket);
-  const s = c.storage;
-  if (m.state === NEW || m.oid < 0) return CHANGED_IN_PLACE;
-  const rec = s.loadOneSync?.(m.oid, c.tid, false) ?? s.loadSync?.([m.oid], c.tid)[0] ?? null;
-  if (rec === null) return CHANGED_IN_PLACE;
-  c.stats.roundTrips++;
-  const state = decodeRecord(c, rec);
-  const keys = state.keys as unknown[];
-  const i = Array.isArray(keys) ? keys.findIndex((k) => compareKeys(k, key) === 0) : -1;
-  return i >= 0 ? (state.values as unknown[])[i] : CHANGED_IN_PLACE;
-}
-
 /** Did this transaction change BTrees only in ways that can be replayed? */
 export function treesReplayable(c: Core): boolean {
   // A value changed in place is in no tree's log of key changes: a replay would lose it.
   if (c.changedInPlace.size > 0) return false;
-  let any = false;
-  for (const [owner, log] of c.notes ?? []) {
-    if (!(owner instanceof BTree)) continue;
-    if (!replayable(log as TreeLog)) return false;
-    any = true;
-  }
-  return any && c.storage.changesSinceSync !== undefined;
+  return canReplay(c.notes ?? []) && c.storage.changesSinceSync !== undefined;
 }
 
 /**
- * Redo this transaction's BTree changes on the newest snapshot (see btree-merge.ts):
- * take the net change per key, drop every change to BTree pieces, move this
- * transaction's reads to the newest snapshot (objects it changed keep the serial they
- * were read at, so the next vote still checks them), and apply the changes again.
+ * Redo this transaction's BTree changes on the newest snapshot (the BTree's merge hook,
+ * collections/btree-replay.ts), with this connection as its host.
  */
 export function replayTrees(c: Core, work: Array<[Persistent, Meta]>): boolean {
   // The replay reads pieces no plan loaded (strict mode is off while REPLAYING) and changes
   // them, as part of this commit.
   c.phase = Phase.REPLAYING;
   try {
-    const pending: Array<[BTree, NetChange[]]> = [];
-    for (const [owner, log] of c.notes ?? []) {
-      if (!(owner instanceof BTree)) continue;
-      const net = netChanges(log as TreeLog, (k) => lookupEntry(owner, k));
-      for (const change of net) if (change.orig === CHANGED_IN_PLACE) change.orig = storedEntry(c, owner, change.key);
-      pending.push([owner, net]);
-    }
-    const keep = new Set<Meta>(c.readCurrent.values());
-    for (const [obj, meta] of work) {
-      if (isTreePiece(obj)) {
-        if (meta.state !== NEW) ghostify(c, obj, meta);
-      } else keep.add(meta);
-    }
-    const changes = c.storage.changesSinceSync!(c.tid);
-    if (changes.local !== true) c.stats.roundTrips++;
-    // Objects kept at their read serial that changed since stay stale until the
-    // transaction ends: begin() (snapshot.ts) drops them then (it only asks for changes after the new tid).
-    if (changes.oids === null) {
-      for (const [obj, meta] of c.cache.loadedObjects()) {
-        if (!keep.has(meta)) ghostify(c, obj, meta);
-        else c.staleKept.push(obj);
-      }
-    } else {
-      for (const oid of changes.oids) {
-        const obj = c.cache.get(oid);
-        if (obj === undefined) continue;
-        const meta = metaOf(obj);
-        if (meta.state === NEW || (meta.state === GHOST && meta.record === null)) continue; // soft ghosts hold a record: drop it
-        if (keep.has(meta)) c.staleKept.push(obj);
-        else ghostify(c, obj, meta);
-      }
-    }
-    c.txn++; // a load in flight from the old snapshot is dropped
-    c.tid = Math.max(c.tid, changes.tid);
-    c.host.noteTid(c.tid);
-    c.notes = null; // the replay logs its changes afresh, relative to the newest tree
-    for (const [tree, net] of pending) {
-      const stands = replay(
-        net,
-        (k) => lookupEntry(tree, k),
-        (k, v) => tree.set(k as BTreeKey, v),
-        (k) => tree.delete(k as BTreeKey),
-      );
-      if (stands !== undefined) return false;
-    }
-    return true;
+    return mergeByReplay({
+      notes: () => c.notes ?? [],
+      storedState: (piece) => {
+        const m = metaOf(piece);
+        const s = c.storage;
+        const rec = s.loadOneSync?.(m.oid, c.tid, false) ?? s.loadSync?.([m.oid], c.tid)[0] ?? null;
+        if (rec === null) return null;
+        c.stats.roundTrips++;
+        return decodeRecord(c, rec);
+      },
+      moveToNewestSnapshot: (isPiece) => moveToNewestSnapshot(c, work, isPiece),
+    });
   } finally {
     c.phase = Phase.COMMITTING;
   }
+}
+
+/**
+ * Drop this transaction's changes to the pieces in `work` and move its reads to the newest
+ * snapshot: objects it changed keep the serial they were read at (the next vote still checks
+ * them); the others that changed since become ghosts.
+ */
+function moveToNewestSnapshot(c: Core, work: Array<[Persistent, Meta]>, isPiece: (obj: Persistent) => boolean): void {
+  const keep = new Set<Meta>(c.readCurrent.values());
+  for (const [obj, meta] of work) {
+    if (isPiece(obj)) {
+      if (meta.state !== NEW) ghostify(c, obj, meta);
+    } else keep.add(meta);
+  }
+  const changes = c.storage.changesSinceSync!(c.tid);
+  if (changes.local !== true) c.stats.roundTrips++;
+  // Objects kept at their read serial that changed since stay stale until the transaction
+  // ends: begin() (snapshot.ts) drops them then (it only asks for changes after the new tid).
+  if (changes.oids === null) {
+    for (const [obj, meta] of c.cache.loadedObjects()) {
+      if (!keep.has(meta)) ghostify(c, obj, meta);
+      else c.staleKept.push(obj);
+    }
+  } else {
+    for (const oid of changes.oids) {
+      const obj = c.cache.get(oid);
+      if (obj === undefined) continue;
+      const meta = metaOf(obj);
+      if (meta.state === NEW || (meta.state === GHOST && meta.record === null)) continue; // soft ghosts hold a record: drop it
+      if (keep.has(meta)) c.staleKept.push(obj);
+      else ghostify(c, obj, meta);
+    }
+  }
+  c.txn++; // a load in flight from the old snapshot is dropped
+  c.tid = Math.max(c.tid, changes.tid);
+  c.host.noteTid(c.tid);
+  c.notes = null; // the replay logs its changes afresh, relative to the newest tree
 }
