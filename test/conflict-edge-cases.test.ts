@@ -1,7 +1,8 @@
 /**
- * Review of the conflict-resolution code (commits 7fe3a44, 0dd65e1): scenarios that
- * probe lost updates, stale reads after a BTree replay, originals of hook classes, and
- * edge cases of the built-in resolvers. Tests marked "Regression (fixed)" failed on the reviewed code.
+ * Conflict resolution at its edges: lost updates, stale reads after a BTree replay,
+ * originals of hook classes (also in an old class version), historical views with
+ * readCurrent, and the built-in resolvers meeting each other in one commit. Tests marked
+ * "Regression (fixed)" pin bugs found in a review of the conflict-resolution code.
  *
  * Some scenarios need a commit to land at a precise moment inside another connection's
  * commit (between its first vote and its replay); they wrap `db.storage.vote` to run that
@@ -32,12 +33,12 @@ import { cleanupDirs, fresh, openDB, storages } from "./helpers.ts";
 
 afterAll(cleanupDirs);
 
-@persistent("review.Item")
+@persistent("edge.Item")
 class Item extends Persistent {
   n = 0;
 }
 
-@persistent("review.Tally")
+@persistent("edge.Tally")
 class Tally extends Persistent {
   n = 0;
   static resolveConflict(original: State, committed: State, mine: State): State | undefined {
@@ -81,7 +82,7 @@ function afterFirstConflictingVote(db: DB, during: () => Promise<void>): void {
   };
 }
 
-describe("memory", () => {
+describe("conflict resolution edge cases on memory", () => {
   it("after the readCurrent failure above, db.transact can still succeed (no permanent conflict)", async () => {
     const db = await open();
     await db.transact((root) => {
@@ -125,7 +126,7 @@ describe("memory", () => {
         return { ...mine, n: committed.n + mine.n - original.n };
       }
     }
-    const name = `review.VTally.${Math.random()}`;
+    const name = `edge.VTally.${Math.random()}`;
     registerClass(VTally, name, { version: 1 });
     const db = await open();
     await db.transact(() => {});
@@ -277,7 +278,7 @@ describe("memory", () => {
 });
 
 for (const s of storages) {
-  describe(`${s.name}: replay`, () => {
+  describe(`BTree replay on ${s.name}`, () => {
     it("readCurrent object changed between the first vote and the replay is not left stale", async () => {
       const db = await open(s.url());
       await db.transact((root) => {
@@ -412,7 +413,7 @@ for (const s of storages) {
 }
 
 for (const s of storages) {
-  describe(`${s.name}: resolvers`, () => {
+  describe(`built-in resolvers on ${s.name}`, () => {
     it("Counter and Tally resolved in the same round as a BTree replay", async () => {
       const db = await open(s.url());
       await db.transact((root) => {

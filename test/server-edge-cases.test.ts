@@ -1,7 +1,9 @@
 /**
- * Review of the storage server and its client (src/storage/server/*, closure.ts, and
- * Connection.prefetch/loadClosure): each test proved a bug found by the review, fixed
- * since, and stays as a regression test.
+ * The storage server and its client at their edges: timeouts and reconnection, a server
+ * that comes back with another database, prefetch and loadClosure spanning abort(), frame
+ * size limits, database names, and the memory a reply frame pins. Each test pins a bug found
+ * in a review of the server (src/storage/server/*, closure.ts, Connection.prefetch and
+ * loadClosure), fixed since.
  *
  * Real `amber serve` processes only (test/server-process.ts); every resource is released
  * in afterEach.
@@ -18,7 +20,7 @@ import { Cmd, FrameWriter, HEADER, PROTOCOL_VERSION, Reply } from "../src/storag
 import { startServer, type ServerProcess } from "./server-process.ts";
 import { sleep, until, within } from "./helpers.ts";
 
-@persistent("reviewServer.Box")
+@persistent("serverEdge.Box")
 class Box extends Persistent {
   value = 0;
   blob = "";
@@ -29,7 +31,7 @@ class Box extends Persistent {
   }
 }
 
-@persistent("reviewServer.Tagged")
+@persistent("serverEdge.Tagged")
 class Tagged extends Persistent {
   tags: string[] = ["a"];
 }
@@ -50,7 +52,7 @@ afterEach(async () => {
 });
 
 function tempDir(): string {
-  const d = mkdtempSync(join(tmpdir(), "amber-review-"));
+  const d = mkdtempSync(join(tmpdir(), "amber-server-edge-"));
   dirs.push(d);
   return d;
 }
@@ -66,8 +68,6 @@ async function client(url: string, options: Parameters<typeof DB.open>[1] = {}):
   dbs.push(db);
   return db;
 }
-
-
 
 const outcome = <T>(p: Promise<T>): Promise<{ ok: T } | { err: unknown }> => p.then((ok) => ({ ok }), (err: unknown) => ({ err }));
 
@@ -99,8 +99,7 @@ async function rawHello(port: number, database: string): Promise<{ kind: number;
 
 // ==========================================================================================
 
-describe("review: storage server and client", () => {
-  // Regression test from the review of the server (the bug it found is fixed).
+describe("storage server and client: edge cases", () => {
   it("an async request to a server that stopped answering times out (requestTimeoutMs)", async () => {
     const server = await serve("memory:");
     const storage = await ClientStorage.open(server.url, { requestTimeoutMs: 300 });
@@ -112,7 +111,6 @@ describe("review: storage server and client", () => {
     expect(String("err" in r ? r.err : r.ok)).not.toMatch(/HANG/);
   }, 30_000);
 
-  // Regression test from the review of the server (the bug it found is fixed).
   it("after a synchronous request timed out, the next call reconnects (server answering again)", async () => {
     const server = await serve("memory:");
     const storage = await ClientStorage.open(server.url, { requestTimeoutMs: 300 });
@@ -125,7 +123,6 @@ describe("review: storage server and client", () => {
     expect("err" in r ? String(r.err) : "ok").toBe("ok");
   }, 30_000);
 
-  // Regression test from the review of the server (the bug it found is fixed).
   it("DB.open against a server that accepts TCP but never answers HELLO gives up", async () => {
     const server = await serve("memory:");
     server.child.kill("SIGSTOP");
@@ -140,7 +137,6 @@ describe("review: storage server and client", () => {
     expect("err" in r && r.err).toBeInstanceOf(StorageError);
   }, 30_000);
 
-  // Regression test from the review of the server (the bug it found is fixed).
   it("close() while a call is reconnecting settles that call", async () => {
     const server = await serve("memory:");
     const storage = await ClientStorage.open(server.url);
@@ -158,7 +154,6 @@ describe("review: storage server and client", () => {
     expect("err" in r && (r.err as StorageError).code).toBe("closed");
   }, 30_000);
 
-  // Regression test from the review of the server (the bug it found is fixed).
   it("after the server comes back with a different database, every connection drops the old database's objects", async () => {
     const dir2 = join(tempDir(), "db2");
     // The other database: made first, so its tids are smaller (tids come from the clock).
@@ -198,7 +193,6 @@ describe("review: storage server and client", () => {
     expect(fresh.open({ cacheSize: 10 }).root().get("x"), "a new DB.open sees the new database").toBe(2);
   }, 60_000);
 
-  // Regression test from the review of the server (the bug it found is fixed).
   it("a prefetch that spans abort() does not install the old snapshot's records into the new transaction", async () => {
     const server = await serve("memory:");
     const db = await client(server.url);
@@ -236,7 +230,6 @@ describe("review: storage server and client", () => {
     expect(box.value, "the new transaction reads box at its own snapshot").toBe(2);
   }, 30_000);
 
-  // Regression test from the review of the server (the bug it found is fixed).
   it("loadClosure works on a server started with a small --max-frame", async () => {
     const server = await serve("memory:", ["--max-frame", "65536"]);
     const db = await client(server.url);
@@ -248,7 +241,6 @@ describe("review: storage server and client", () => {
     expect("err" in r ? String(r.err) : "ok").toBe("ok");
   }, 30_000);
 
-  // Regression test from the review of the server (the bug it found is fixed).
   it("a request larger than the server's max frame fails cleanly, without dropping the connection for everyone", async () => {
     const server = await serve("memory:", ["--max-frame", "65536"]);
     const db = await client(server.url);
@@ -273,7 +265,6 @@ describe("review: storage server and client", () => {
     expect(storage.session, "the oversized request did not cost every connection its session").toBe(session);
   }, 30_000);
 
-  // Regression test from the review of the server (the bug it found is fixed).
   it("the database names '.' and '..' are refused in {name} mode", async () => {
     const base = tempDir();
     const stores = join(base, "stores");
@@ -284,7 +275,6 @@ describe("review: storage server and client", () => {
     expect(existsSync(join(stores, "data.mdb")), "no store was created in the stores directory itself").toBe(false);
   }, 30_000);
 
-  // Regression test from the review of the server (the bug it found is fixed).
   it("prefetch: a small loaded object does not pin the whole reply frame in memory", async () => {
     const server = await serve("memory:");
     const db = await client(server.url, { clientCacheBytes: 0 });
