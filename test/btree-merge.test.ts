@@ -14,7 +14,8 @@ import fc from "fast-check";
 import { afterAll, describe, expect, it } from "vitest";
 import { BTree, ConflictError, DB, PersistentMap, oidOf, type Connection } from "../src/index.ts";
 import { BTreeBucket, BTreeNode } from "../src/collections/btree-bucket.ts";
-import { GET_STATE, type Persistent } from "../src/persistent/persistent.ts";
+import { type Persistent } from "../src/persistent/persistent.ts";
+import { GET_STATE } from "../src/persistent/slots.ts";
 import { cleanupDirs, fresh, openDB, storages } from "./helpers.ts";
 
 afterAll(cleanupDirs);

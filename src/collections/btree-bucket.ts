@@ -21,7 +21,8 @@
  * made without running the constructor.
  */
 import { registerClass } from "../persistent/class-registry.ts";
-import { CLEAR_STATE, FAN_OUT, GET_STATE, HOLDS_CONTAINERS, Persistent, SET_STATE, isPersistent, setSlot } from "../persistent/persistent.ts";
+import { Persistent, isPersistent } from "../persistent/persistent.ts";
+import { CLEAR_STATE, FAN_OUT, GET_STATE, HOLDS_CONTAINERS, SET_STATE, setSlot } from "../persistent/slots.ts";
 import { compareKeys } from "./key-compare.ts";
 
 /** @internal The slot holding a bucket's state. */

@@ -14,7 +14,7 @@ import {
   type BucketData,
 } from "./btree-bucket.ts";
 import { compareKeys, ownKey, type BTreeKey } from "./key-compare.ts";
-import { handedSlot } from "../persistent/persistent.ts";
+import { handedSlot } from "../persistent/slots.ts";
 
 /** One end of a range. */
 export interface Bound {

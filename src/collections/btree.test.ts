@@ -1,7 +1,8 @@
 import fc from "fast-check";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { ConflictError, DB, PersistentMap, serialOf, stateOf, type Connection } from "../index.ts";
-import { GET_STATE, type Persistent } from "../persistent/persistent.ts";
+import { type Persistent } from "../persistent/persistent.ts";
+import { GET_STATE } from "../persistent/slots.ts";
 import { BTreeBucket, BTreeNode, BUCKET, NODE } from "./btree-bucket.ts";
 import { BTree, type BTreeKey, type BTreeRangeOptions } from "./btree.ts";
 import { compareKeys } from "./key-compare.ts";

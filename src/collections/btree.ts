@@ -57,21 +57,8 @@
  * classes and navigation among them), btree-check.ts (`check()`), key-compare.ts (keys).
  */
 import { registerClass } from "../persistent/class-registry.ts";
-import {
-  CLEAR_STATE,
-  FAN_OUT,
-  ITEMS,
-  GET_STATE,
-  GHOST,
-  HOLDS_CONTAINERS,
-  Persistent,
-  SET_STATE,
-  changedSlot,
-  handedSlot,
-  isPersistent,
-  metaOf,
-  setSlot,
-} from "../persistent/persistent.ts";
+import { GHOST, Persistent, isPersistent, metaOf } from "../persistent/persistent.ts";
+import { CLEAR_STATE, FAN_OUT, ITEMS, GET_STATE, HOLDS_CONTAINERS, SET_STATE, changedSlot, handedSlot, setSlot } from "../persistent/slots.ts";
 import { JSON_FORM, NOT_LOADED, toJSONValue } from "../persistent/json.ts";
 import {
   BTreeBucket,

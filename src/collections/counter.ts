@@ -11,7 +11,8 @@
  */
 import { registerClass } from "../persistent/class-registry.ts";
 import { JSON_FORM } from "../persistent/json.ts";
-import { CLEAR_STATE, GET_STATE, HOLDS_CONTAINERS, Persistent, SET_STATE, changedSlot, setSlot } from "../persistent/persistent.ts";
+import { Persistent } from "../persistent/persistent.ts";
+import { CLEAR_STATE, GET_STATE, HOLDS_CONTAINERS, SET_STATE, changedSlot, setSlot } from "../persistent/slots.ts";
 
 const VALUE: unique symbol = Symbol("amber.counter");
 

@@ -7,7 +7,8 @@
 import { readEnvelope } from "../codec/record.ts";
 import { ObjectNotFoundError, TransactionError } from "../errors.ts";
 import { Plan, type Group, type PlanHost } from "../loading/plan.ts";
-import { ITEMS, NEW, isPersistent, metaOf, needsLoad, type Persistent } from "../persistent/persistent.ts";
+import { NEW, isPersistent, metaOf, needsLoad, type Persistent } from "../persistent/persistent.ts";
+import { ITEMS } from "../persistent/slots.ts";
 import type { Oid, PlanStep } from "../storage/storage.ts";
 import { Phase } from "./phase.ts";
 import { assertOpen, checkSession, noteLoad, notFound, own, type Core } from "./core.ts";

@@ -30,14 +30,9 @@
 import { ConflictError, TransactionError, type ConflictDetail } from "../errors.ts";
 import { BrokenObject } from "../persistent/broken-object.ts";
 import { keepAddedFields } from "../persistent/fields.ts";
-import {
-  NEW,
-  SAVED,
-  clearState,
-  hasCustomState,
-  type Meta,
-  type Persistent,
-} from "../persistent/persistent.ts";
+import { NEW, SAVED, type Meta, type Persistent } from "../persistent/persistent.ts";
+import { hasCustomState } from "../persistent/slots.ts";
+import { clearState } from "../persistent/data-props.ts";
 import type { CommitRequest, StorageConflict, Tid } from "../storage/storage.ts";
 import { CommitRound } from "./commit-round.ts";
 import { mayResolve, resolve, resolveInCommit } from "./conflict-resolution.ts";

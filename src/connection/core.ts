@@ -6,15 +6,7 @@
  * (prefetch, closures, plans). Not exported from the package.
  */
 import { ObjectNotFoundError, TransactionError } from "../errors.ts";
-import {
-  NEW,
-  isPersistent,
-  metaOf,
-  type Jar,
-  type Meta,
-  type Persistent,
-  type Token,
-} from "../persistent/persistent.ts";
+import { NEW, isPersistent, metaOf, type Jar, type Meta, type Persistent, type Token } from "../persistent/persistent.ts";
 import type { Oid, Storage, Tid } from "../storage/storage.ts";
 import { ObjectCache } from "./object-cache.ts";
 import { Phase } from "./phase.ts";

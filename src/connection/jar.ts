@@ -7,16 +7,8 @@ import { readEnvelope } from "../codec/record.ts";
 import { decodeState } from "../codec/state.ts";
 import { TransactionError } from "../errors.ts";
 import { notLoaded } from "../loading/strict.ts";
-import {
-  CHANGED,
-  LOCKED,
-  SAVED,
-  STALE_CONTAINERS,
-  hasCustomState,
-  isPersistent,
-  type Meta,
-  type Persistent,
-} from "../persistent/persistent.ts";
+import { CHANGED, LOCKED, SAVED, isPersistent, type Meta, type Persistent } from "../persistent/persistent.ts";
+import { STALE_CONTAINERS, hasCustomState } from "../persistent/slots.ts";
 import { applyDefaults } from "./class-defaults.ts";
 import { Core, stale } from "./core.ts";
 import { acceptAnyRef, evict, install, installKept, installStale, loadOne, refsOf } from "./object-loader.ts";

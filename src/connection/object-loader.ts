@@ -10,18 +10,8 @@ import { NotLoadedError, StorageError } from "../errors.ts";
 import { BrokenObject, keepOriginal } from "../persistent/broken-object.ts";
 import { classByName } from "../persistent/class-registry.ts";
 import { dropAddedFields, giveAccessors } from "../persistent/fields.ts";
-import {
-  CHANGED,
-  GHOST,
-  NEW,
-  SAVED,
-  STALE_CONTAINERS,
-  Meta,
-  hasCustomState,
-  makeGhost,
-  metaOf,
-  type Persistent,
-} from "../persistent/persistent.ts";
+import { CHANGED, GHOST, NEW, SAVED, Meta, makeGhost, metaOf, type Persistent } from "../persistent/persistent.ts";
+import { STALE_CONTAINERS, hasCustomState } from "../persistent/slots.ts";
 import type { Oid, StoredRecord } from "../storage/storage.ts";
 import { applyDefaults } from "./class-defaults.ts";
 import { mergesConflicts, resolverOf } from "../persistent/conflict-hooks.ts";

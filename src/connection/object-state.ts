@@ -12,20 +12,9 @@
 import { encodeState, type EncodedState } from "../codec/state.ts";
 import { BrokenObject } from "../persistent/broken-object.ts";
 import { fieldValues, installFields } from "../persistent/fields.ts";
-import {
-  NEW,
-  clearState,
-  hasCustomState,
-  installData,
-  isPersistent,
-  ownState,
-  CLEAR_STATE,
-  GET_STATE,
-  HOLDS_CONTAINERS,
-  SET_STATE,
-  type Meta,
-  type Persistent,
-} from "../persistent/persistent.ts";
+import { NEW, isPersistent, type Meta, type Persistent } from "../persistent/persistent.ts";
+import { hasCustomState, CLEAR_STATE, GET_STATE, HOLDS_CONTAINERS, SET_STATE } from "../persistent/slots.ts";
+import { clearState, installData, ownState } from "../persistent/data-props.ts";
 import { persistentInfo, type ClassInfo } from "../persistent/class-registry.ts";
 
 export interface ObjectSnapshot extends EncodedState {

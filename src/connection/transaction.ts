@@ -6,7 +6,8 @@ import { writeEnvelope } from "../codec/record.ts";
 import { ConflictError, TransactionError, type ConflictDetail } from "../errors.ts";
 import { BrokenObject, originalOf } from "../persistent/broken-object.ts";
 import { persistentInfo } from "../persistent/class-registry.ts";
-import { CHANGED, FAN_OUT, NEW, SAVED, metaOf, type Jar, type Meta, type Persistent } from "../persistent/persistent.ts";
+import { CHANGED, NEW, SAVED, metaOf, type Jar, type Meta, type Persistent } from "../persistent/persistent.ts";
+import { FAN_OUT } from "../persistent/slots.ts";
 import type { CommitRequest, Oid, RecordToStore, StorageConflict, Tid } from "../storage/storage.ts";
 import { sameAsStored, snapshotObject, type ObjectSnapshot } from "./object-state.ts";
 

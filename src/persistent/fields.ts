@@ -19,17 +19,8 @@
  *           view: objects of a commit in flight are LOCKED), loads a ghost, stores the
  *           value and reports the first change of the transaction
  */
-import {
-  CHANGED,
-  Persistent,
-  handedField,
-  learnKeys,
-  metaOf,
-  compileWithMeta,
-  setAddField,
-  type FieldSet,
-  type Meta,
-} from "./persistent.ts";
+import { CHANGED, Persistent, learnKeys, metaOf, compileWithMeta, setAddField, type FieldSet, type Meta } from "./persistent.ts";
+import { handedField } from "./slots.ts";
 
 interface Pair {
   get(this: Persistent): unknown;

@@ -8,7 +8,8 @@
  * numbers. Collections write their contents (a map its entries, a list and a set their items,
  * a counter its value, a BTree its entries when all of its buckets are loaded).
  */
-import { GHOST, Persistent, hasCustomState, isPersistent, metaOf } from "./persistent.ts";
+import { GHOST, Persistent, isPersistent, metaOf } from "./persistent.ts";
+import { hasCustomState } from "./slots.ts";
 
 /**
  * @internal Collections: the plain form of their contents (entries, items, a number), or

@@ -6,7 +6,8 @@
  * resolution, see SPEC section 5).
  */
 import { registerClass } from "./class-registry.ts";
-import { CLEAR_STATE, GET_STATE, HOLDS_CONTAINERS, Persistent, SET_STATE, changedSlot, handedSlot, isContainer, setSlot, FAN_OUT, ITEMS } from "./persistent.ts";
+import { Persistent } from "./persistent.ts";
+import { CLEAR_STATE, GET_STATE, HOLDS_CONTAINERS, SET_STATE, changedSlot, handedSlot, isContainer, setSlot, FAN_OUT, ITEMS } from "./slots.ts";
 import { isMergeableKey, sameValue, type State } from "./conflict-hooks.ts";
 import { JSON_FORM, toJSONValue } from "./json.ts";
 

@@ -4,7 +4,8 @@
  */
 import { registerClass } from "./class-registry.ts";
 import { JSON_FORM, toJSONValue } from "./json.ts";
-import { CLEAR_STATE, GET_STATE, HOLDS_CONTAINERS, Persistent, SET_STATE, changedSlot, handedSlot, isContainer, setSlot, FAN_OUT, ITEMS } from "./persistent.ts";
+import { Persistent } from "./persistent.ts";
+import { CLEAR_STATE, GET_STATE, HOLDS_CONTAINERS, SET_STATE, changedSlot, handedSlot, isContainer, setSlot, FAN_OUT, ITEMS } from "./slots.ts";
 import { isMergeableKey, type State } from "./conflict-hooks.ts";
 
 const DATA: unique symbol = Symbol("amber.set");
