@@ -22,7 +22,8 @@
  *                protocol.ts; both may use the storage-level modules (storage/*.ts).
  *   connection   everything below it
  *   cli, testing the public API: index.ts (and testing/index.ts, the `amberdb/testing` entry);
- *                `amberdb` and `amberdb/testing` specifiers count as those files.
+ *                `amberdb` and `amberdb/testing` specifiers count as those files. testing
+ *                also exports the storage contract suite (storage/contract.ts).
  *   index.ts     anything (it is the public surface)
  *
  * An import is a static `import`/`export … from`, a side-effect `import "…"`, a dynamic
@@ -75,7 +76,8 @@ export const RULES = {
   storage: { runtime: ["ids", "errors", "codec/record.ts"] },
   connection: { runtime: BELOW_CONNECTION },
   cli: { runtime: ["index.ts", "testing/index.ts"] },
-  testing: { runtime: ["index.ts"] },
+  // amberdb/testing also exports the storage contract suite, a test of the storage layer.
+  testing: { runtime: ["index.ts", "storage/contract.ts"] },
   index: { runtime: ["*"] },
 };
 

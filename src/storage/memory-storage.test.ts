@@ -1,8 +1,8 @@
-import { describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it } from "vitest";
 import { storageContract } from "./contract.ts";
 import { MemoryStorage } from "./memory-storage.ts";
 
-storageContract("memory", async () => new MemoryStorage());
+storageContract("memory", async () => new MemoryStorage(), { describe, it, expect, afterEach });
 
 describe("MemoryStorage", () => {
   it("is addressed as memory: and answers synchronously, with history", () => {

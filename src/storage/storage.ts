@@ -1,26 +1,70 @@
 /**
- * The storage interface: what a connection needs from the place records live.
+ * The storage interface: what a connection needs from the place records live. Implementers
+ * start here (then base-storage.ts for a local storage, and the contract suite in
+ * contract.ts, exported as `storageContract` from `amberdb/testing`).
  *
  * A record is `(oid, serial, data)`. `data` is the record envelope written by
  * `codec/record.ts` (class name, references with the property paths that hold them, and
  * the state bytes). Storages treat it as opaque bytes; when they need to walk the graph
- * (closures, garbage collection) they read the references with `readEnvelope(data)`,
+ * (closures, plans, garbage collection) they read the references with `readEnvelope(data)`,
  * never the application's classes.
  *
- * Time is counted in tids: positive integers, strictly increasing with each committed
- * transaction (the embedded storages derive them from the clock in microseconds, so a tid
- * also says when). A record's serial is the tid of the transaction that wrote it.
- * Tid 0 means "before the first transaction".
+ * Time is counted in tids (see ids.ts): positive integers, strictly increasing with each
+ * committed transaction. A record's serial is the tid of the transaction that wrote it.
+ * Tid 0 means "before the first transaction". Reads name the snapshot they read (`at`):
+ * a storage answers every read as of one committed tid, never a mix.
  *
  * Every operation that can go remote is batch-shaped: one call loads many oids or stores a
  * whole transaction, so a remote storage spends one round trip on it.
  *
- * Errors: every operation on a closed storage rejects with `StorageError` (code "closed").
- * Damaged data raises `StorageError` naming the oid. Nothing else is thrown for normal
- * outcomes: a missing object is `null`, a conflict is a returned value (vote) or a
- * `ConflictError` (finish).
+ * ## Call protocol
+ *
+ * A commit is two-phase, after ZODB's tpc_vote / tpc_finish, with one `CommitRequest`:
+ *
+ *   vote(request)    -> [] ........ finish(request, resolve?) -> tid     (committed)
+ *                                   or abort(request)                    (nothing written)
+ *                    -> conflicts . abort(request), then give up or build a new request
+ *   finish(request)  without a vote: allowed. finish checks every serial again, atomically,
+ *                    so a vote is an early, cheap look, never a promise; the connection
+ *                    finishes at once after merging conflicts by hooks.
+ *   abort(request)   allowed without a vote, and more than once; never throws for a valid
+ *                    request. A storage that holds something from the vote (a lock, a
+ *                    server-side vote) releases it here; the local storages hold nothing.
+ *
+ * Pass `finish` and `abort` the very object that was voted: a remote storage recognises its
+ * vote by identity (another object is committed as if it had not been voted).
+ *
+ * Concurrency on one storage object (several connections of one DB share it): every call
+ * may run while others are in flight, reads and commits alike. Commits are atomic with
+ * respect to each other and to reads: a read at snapshot `at` never sees a later commit,
+ * and of two commits that change one object from the same serial exactly one succeeds
+ * (the other's finish raises ConflictError), also across processes and instances on the
+ * same data. Synchronous members run to completion without yielding. `close` may be
+ * called at any time; calls made after it raise "closed" (calls in flight may too).
+ *
+ * What each call may throw (error classes from errors.ts; codes are `AmberError.code`):
+ *
+ *   every call            StorageError "closed"        after close()
+ *                         TypeError / RangeError       malformed arguments (a bug in the caller);
+ *                                                      async members reject, never throw at once
+ *                         StorageError "corrupt"       damaged data, naming the oid (`err.oid`)
+ *   remote storages       StorageError "disconnected", "timeout", "auth", "database-changed", …
+ *                         ProtocolError "protocol"     a peer that does not speak amberdb
+ *   vote                  nothing else: conflicts are its return value
+ *   finish                ConflictError "conflict"     a conflict not merged by `resolve`; nothing written
+ *                         StorageError "commit-unknown" (remote) the connection dropped during the
+ *                                                      commit, which may or may not have happened
+ *                         whatever `resolve` throws    nothing written
+ *   vote, finish, undo,   StorageError "read-only"     a storage opened read-only
+ *   newOids
+ *   undo                  ConflictError "conflict"     a later change would be lost; nothing written
+ *                         StorageError "not-found"     no such transaction
+ *   loadPlan              StorageError "too-large"     the plan reaches more than `maxBytes`
+ *   load, loadBefore      StorageError (naming the oid) a revision that should exist was packed away
+ *
+ * A missing object is `null`, never an error; a conflict at vote is data, not an error.
+ * `checkStorage(value)` checks that an object has every required member (DB.open calls it).
  */
-
 import type { Oid, Tid } from "../ids.ts";
 export type { Oid, Tid } from "../ids.ts";
 export { ROOT_OID } from "../ids.ts";
@@ -140,14 +184,16 @@ export interface PlanResult {
  * Conflict resolution inside `finish`'s atomic section (local storages): called with the
  * conflicts found there (committed data included), while no other commit can happen. It
  * returns the transaction's request with the conflicting records merged (their `serial`
- * the committed one), which is checked again and written, or null to fail with
- * ConflictError. It runs synchronously and must not call the storage. A storage that
- * cannot call it (a remote one) ignores it: the caller votes again instead.
+ * the committed one), which is checked again (and, if it still conflicts, handed back to
+ * `resolve`, a bounded number of times) and written atomically; or null: `finish` raises
+ * ConflictError and writes nothing. It runs synchronously and must not call the storage;
+ * what it throws, `finish` throws, writing nothing. A storage that cannot call it (a remote
+ * one) ignores it: the caller gets ConflictError and votes again instead.
  */
 export type ResolveInCommit = (conflicts: StorageConflict[]) => CommitRequest | null;
 
 export interface StorageCapabilities {
-  /** `loadSync` and `newOidsSync` exist: ghosts can load transparently. */
+  /** The synchronous members (`SyncAccess`) exist: ghosts can load transparently. */
   readonly synchronous: boolean;
   /** Old revisions are kept: `loadBefore`, `history`, `open({ at })` and `undo` work. */
   readonly history: boolean;
@@ -158,7 +204,37 @@ export interface StorageCapabilities {
   readonly pushesInvalidations?: boolean;
 }
 
-export interface Storage {
+/**
+ * The synchronous members: a storage has all four or none (`checkStorage` refuses a part),
+ * and has them exactly when `capabilities.synchronous` is true. Each means what its async
+ * form means; they exist so that touching a ghost can load it transparently.
+ */
+export interface SyncAccess {
+  /** `load`, synchronously. */
+  loadSync(oids: readonly Oid[], at: Tid): Array<StoredRecord | null>;
+  /**
+   * One object, synchronously: the path of a ghost being touched. Same semantics as
+   * `load`. With `borrow`, `data` may be a view of memory the storage reuses: it does not
+   * change until the caller's next call on this storage (or on another storage of the same
+   * kind in this process: lmdb-js lends one buffer to all its environments), whatever
+   * other processes commit meanwhile; the caller decodes or copies it before that call.
+   * Without `borrow`, and from every other read, `data` is the caller's to keep.
+   */
+  loadOneSync(oid: Oid, at: Tid, borrow: boolean): StoredRecord | null;
+  /** `newOids`, synchronously. */
+  newOidsSync(count: number): Oid[];
+  /** `changesSince`, synchronously. */
+  changesSinceSync(since: Tid, ownCommit?: Tid): Changes;
+}
+
+/** The names of the `SyncAccess` members, in the order messages list them. */
+export const SYNC_MEMBERS = ["loadSync", "loadOneSync", "newOidsSync", "changesSinceSync"] as const satisfies ReadonlyArray<keyof SyncAccess>;
+
+/**
+ * A storage. The synchronous members are optional here as a group (see `SyncAccess`); a
+ * storage that has them is a `SyncStorage`.
+ */
+export interface Storage extends Partial<SyncAccess> {
   /** The URL or path the storage was opened with (for messages). */
   readonly url: string;
   /**
@@ -181,24 +257,17 @@ export interface Storage {
   /**
    * Load the revision of each oid that was current at snapshot `at`: the newest revision
    * with serial <= at. `null` for an oid that did not exist at `at` (never created, or
-   * created later). The result has one entry per requested oid, in order.
+   * created later). The result has one entry per requested oid, in order; its `data` is
+   * the caller's (later calls and commits do not change it).
    * Raises `StorageError` naming the oid when a revision that should exist was packed away.
    */
   load(oids: readonly Oid[], at: Tid): Promise<Array<StoredRecord | null>>;
-  /** Same as `load`, synchronously; present when `capabilities.synchronous`. */
-  loadSync?(oids: readonly Oid[], at: Tid): Array<StoredRecord | null>;
-  /**
-   * One object, synchronously: the path of a ghost being touched. With `borrow`, `data`
-   * may be a view into the storage's own memory, valid only until the next call on this
-   * storage; the caller must decode or copy it at once. Same semantics as `load`.
-   */
-  loadOneSync?(oid: Oid, at: Tid, borrow: boolean): StoredRecord | null;
 
   /**
    * `oid` and every object reachable from it through stored references, each at snapshot
    * `at`, breadth-first, within the limits. One round trip on a remote storage: the walk
    * happens where the records are. An `oid` that does not exist at `at` gives no records
-   * and `missing: [oid]`.
+   * and `missing: [oid]`. Raises RangeError for limits that are not positive numbers.
    */
   loadClosure(oid: Oid, at: Tid, options?: ClosureOptions): Promise<ClosureResult>;
 
@@ -206,7 +275,7 @@ export interface Storage {
    * Evaluate a loading plan at snapshot `at`: every group's members and every record
    * reached, in one round trip on a remote storage (the walk happens where the records
    * are, following the reference paths stored in each record). Raises TypeError for a
-   * malformed plan.
+   * malformed plan, `StorageError` "too-large" past `options.maxBytes`.
    */
   loadPlan(steps: readonly PlanStep[], at: Tid, options?: PlanOptions): Promise<PlanResult>;
 
@@ -218,13 +287,12 @@ export interface Storage {
 
   /** Reserve `count` fresh oids, never handed out before (also across processes). */
   newOids(count: number): Promise<Oid[]>;
-  newOidsSync?(count: number): Oid[];
 
   /**
    * Phase one of a commit: check every record's `serial` (and every `readCurrent` entry)
    * against what is committed now. Returns the conflicts; empty means the transaction may
    * go on to `finish`. Embedded storages check optimistically and hold no lock (finish
-   * checks again atomically); a server may lock until finish or abort.
+   * checks again atomically); a server may hold something until finish or abort.
    */
   vote(request: CommitRequest): Promise<StorageConflict[]>;
 
@@ -234,7 +302,7 @@ export interface Storage {
    * durability). If a conflict appeared since the vote, nothing is written and it raises
    * `ConflictError` (its `conflicts` carry oids and serials; class names may be "?"),
    * unless `resolve` merges them (see ResolveInCommit). Either all records are written or
-   * none are.
+   * none are. `readCurrent` entries are checked, not written.
    */
   finish(request: CommitRequest, resolve?: ResolveInCommit): Promise<Tid>;
 
@@ -250,7 +318,6 @@ export interface Storage {
    * what it was told, without asking.
    */
   changesSince(since: Tid, ownCommit?: Tid): Promise<Changes>;
-  changesSinceSync?(since: Tid, ownCommit?: Tid): Changes;
 
   /** Committed transactions with tid > `since`, newest first, at most `limit`. */
   transactions(since?: Tid, limit?: number): Promise<TransactionInfo[]>;
@@ -279,4 +346,75 @@ export interface Storage {
   /** Release files, handles and connections. Idempotent. */
   close(): Promise<void>;
   [Symbol.asyncDispose](): Promise<void>;
+}
+
+/** A storage with the synchronous members (memory, embedded, the server's client). */
+export type SyncStorage = Storage & SyncAccess;
+
+/** Does `storage` have the synchronous members? (`checkStorage` ensures all or none.) */
+export function hasSyncAccess(storage: Storage): storage is SyncStorage {
+  return typeof storage.loadSync === "function";
+}
+
+/** The methods every storage has (the synchronous ones come as a group, see SyncAccess). */
+const METHODS = [
+  "lastTid",
+  "load",
+  "loadClosure",
+  "loadPlan",
+  "loadBefore",
+  "history",
+  "newOids",
+  "vote",
+  "finish",
+  "abort",
+  "changesSince",
+  "transactions",
+  "undo",
+  "close",
+] as const satisfies ReadonlyArray<keyof Storage>;
+
+/**
+ * Check that `value` is a complete Storage: every required member, the synchronous
+ * members all or none, and capabilities that agree with them. Raises one TypeError that
+ * names everything missing or wrong (prefixed by `context`, e.g. "DB.open()").
+ */
+export function checkStorage(value: unknown, context = "storage"): asserts value is Storage {
+  if (typeof value !== "object" || value === null) {
+    throw new TypeError(`${context}: expected a Storage object, got ${value === null ? "null" : typeof value}`);
+  }
+  const s = value as Record<PropertyKey, unknown>;
+  const problems: string[] = [];
+  const missing: string[] = [];
+  if (typeof s.url !== "string") missing.push("url (a string)");
+  if (typeof s.id !== "string") missing.push("id (a string)");
+  const caps = s.capabilities as Partial<Record<keyof StorageCapabilities, unknown>> | undefined;
+  const capsOk = typeof caps === "object" && caps !== null;
+  if (!capsOk) missing.push("capabilities ({ synchronous, history })");
+  for (const m of METHODS) if (typeof s[m] !== "function") missing.push(`${m}()`);
+  if (typeof s[Symbol.asyncDispose] !== "function") missing.push("[Symbol.asyncDispose]()");
+  if (missing.length > 0) problems.push(`missing ${missing.join(", ")}`);
+  if (s.session !== undefined && typeof s.session !== "number") problems.push(`session must be a number or undefined, got ${typeof s.session}`);
+
+  const present = SYNC_MEMBERS.filter((m) => typeof s[m] === "function");
+  const absent = SYNC_MEMBERS.filter((m) => typeof s[m] !== "function");
+  const list = (names: readonly string[]) => names.map((n) => `${n}()`).join(", ");
+  if (present.length > 0 && absent.length > 0) {
+    problems.push(`the synchronous members come together: it has ${list(present)} but lacks ${list(absent)}`);
+  }
+  if (capsOk) {
+    for (const key of ["synchronous", "history"] as const) {
+      if (typeof caps[key] !== "boolean") problems.push(`capabilities.${key} must be a boolean, got ${typeof caps[key]}`);
+    }
+    if (caps.synchronous === true && absent.length > 0 && present.length === 0) {
+      problems.push(`capabilities.synchronous is true, but it lacks ${list(absent)}`);
+    } else if (caps.synchronous === false && present.length === SYNC_MEMBERS.length) {
+      problems.push(`capabilities.synchronous is false, but it has ${list(present)}: say true`);
+    }
+  }
+  if (problems.length > 0) {
+    const label = typeof s.url === "string" ? ` ${JSON.stringify(s.url)}` : "";
+    const kind = (value as object).constructor?.name ?? "object";
+    throw new TypeError(`${context}: ${kind}${label} is not a complete Storage: ${problems.join("; ")}`);
+  }
 }

@@ -23,6 +23,13 @@
  */
 import { accounting } from "../connection/connection.ts";
 
+/**
+ * The storage contract suite (src/storage/contract.ts): every storage passes it; run it on
+ * yours with your test framework's describe/it/expect/afterEach.
+ */
+export { storageContract, fakeRecord, labelOf } from "../storage/contract.ts";
+export type { ContractOptions, ContractPart, Matchers, TestFramework } from "../storage/contract.ts";
+
 export interface RoundTripCount {
   roundTrips: number;
   loads: number;

@@ -96,15 +96,17 @@ export function encodeRevision(serial: Tid, data: Uint8Array): Buffer {
 
 /**
  * The serial of a REVISION. `bytes` may be lmdb-js's reusable read buffer, whose `length`
- * is the value's length; raises `StorageError` naming `oid` when the framing is damaged.
+ * is the value's length, or (for a value of 16 MiB or more) a plain Uint8Array view of the
+ * memory map, not a Buffer; raises `StorageError` naming `oid` when the framing is damaged.
  */
-export function revisionSerial(bytes: Buffer, oid: Oid): Tid {
+export function revisionSerial(bytes: Uint8Array, oid: Oid): Tid {
   const length = bytes.length;
   if (length < SERIAL_BYTES) {
     throw corrupt(`record of object ${oid} is damaged: ${length} bytes, shorter than its ${SERIAL_BYTES}-byte serial`, oid);
   }
-  const high = bytes.readUInt32BE(0);
-  const serial = high * TWO_32 + bytes.readUInt32BE(4);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, SERIAL_BYTES);
+  const high = view.getUint32(0);
+  const serial = high * TWO_32 + view.getUint32(4);
   if (high > MAX_HIGH || serial === 0) {
     throw corrupt(`record of object ${oid} is damaged: serial ${serial} is not a valid tid`, oid);
   }
@@ -112,18 +114,18 @@ export function revisionSerial(bytes: Buffer, oid: Oid): Tid {
 }
 
 /** A copy of the envelope bytes of a REVISION (the read buffer is reused by the next read). */
-export function revisionData(bytes: Buffer): Uint8Array {
+export function revisionData(bytes: Uint8Array): Uint8Array {
   // One copy, no intermediate view (the buffer lmdb-js lends is reused by the next read).
   return Uint8Array.prototype.slice.call(bytes, SERIAL_BYTES, bytes.length);
 }
 
 /** The record inside a REVISION without copying: valid only as long as `bytes` is. */
-export function revisionView(bytes: Buffer): Uint8Array {
+export function revisionView(bytes: Uint8Array): Uint8Array {
   return new Uint8Array(bytes.buffer, bytes.byteOffset + SERIAL_BYTES, bytes.length - SERIAL_BYTES);
 }
 
 /** A copy of a whole REVISION, to move it into "history" unchanged. */
-export function copyRevision(bytes: Buffer): Buffer {
+export function copyRevision(bytes: Uint8Array): Buffer {
   return Buffer.from(bytes.subarray(0, bytes.length));
 }
 

@@ -8,7 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { open } from "lmdb";
-import { afterAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { readEnvelope } from "../../codec/record.ts";
 import { ConflictError, StorageError } from "../../errors.ts";
 import { fakeRecord, labelOf, storageContract } from "../contract.ts";
@@ -26,9 +26,14 @@ afterAll(() => {
   for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
 });
 
-storageContract("lmdb", () => LmdbStorage.open(tempPath()), { reopen: (s) => LmdbStorage.open(s.url) });
-storageContract("lmdb relaxed", () => LmdbStorage.open(tempPath(), { durability: "relaxed" }), {
+const vitest = { describe, it, expect, afterEach };
+storageContract("lmdb", () => LmdbStorage.open(tempPath()), vitest, {
+  reopen: (s) => LmdbStorage.open(s.url),
+  openAgain: (s) => LmdbStorage.open(s.url),
+});
+storageContract("lmdb relaxed", () => LmdbStorage.open(tempPath(), { durability: "relaxed" }), vitest, {
   reopen: (s) => LmdbStorage.open(s.url, { durability: "relaxed" }),
+  openAgain: (s) => LmdbStorage.open(s.url, { durability: "relaxed" }),
 });
 
 const create = (s: LmdbStorage, oid: Oid, label: string, serial: Tid = 0) =>
@@ -230,6 +235,50 @@ describe("another process on the same store", () => {
     expect(await s.history(1)).toHaveLength(4 * increments + 1);
     await s.close();
   }, 120_000);
+});
+
+describe("records of 16 MiB and more (lmdb-js hands them out as views of the map, not Buffers)", () => {
+  it("load, loadOneSync, history, loadBefore, conflicts and undo all read them", async () => {
+    const s = await LmdbStorage.open(tempPath());
+    const [big] = s.newOidsSync(1);
+    const label = (c: string) => c.repeat(17 << 20);
+    const t1 = await s.finish({ records: [{ oid: big!, serial: 0, data: fakeRecord(label("a")) }], readCurrent: [] });
+    const t2 = await s.finish({ records: [{ oid: big!, serial: t1, data: fakeRecord(label("b")) }], readCurrent: [] });
+    const first = (r: { data: Uint8Array } | null | undefined) => (r ? labelOf({ oid: big!, serial: 0, data: r.data })!.slice(0, 3) : null);
+    expect(first((await s.load([big!], t2))[0])).toBe("bbb");
+    expect(first((await s.load([big!], t1))[0])).toBe("aaa");
+    expect(first(s.loadOneSync(big!, t2, true))).toBe("bbb");
+    expect(first(s.loadOneSync(big!, t2, false))).toBe("bbb");
+    expect((await s.history(big!)).map((r) => [r.serial, first(r)])).toEqual([[t2, "bbb"], [t1, "aaa"]]);
+    expect(first(await s.loadBefore(big!, t2))).toBe("aaa");
+    const [conflict] = await s.vote({ records: [{ oid: big!, serial: t1, data: fakeRecord("x") }], readCurrent: [] });
+    expect([conflict!.committedSerial, first({ data: conflict!.committedData! })]).toEqual([t2, "bbb"]);
+    const u = await s.undo(t2);
+    expect(first((await s.load([big!], u))[0])).toBe("aaa");
+    await s.close();
+  }, 60_000);
+});
+
+describe("lending (loadOneSync with borrow)", () => {
+  it("a lent record too big for lmdb-js's read buffer (a view of the map) does not change when others rewrite it", async () => {
+    const path = tempPath();
+    const s = await LmdbStorage.open(path);
+    const other = await LmdbStorage.open(path);
+    const [big] = s.newOidsSync(1);
+    const huge = (c: string) => fakeRecord(c.repeat(17 << 20)); // lmdb-js maps values of 16 MiB and more
+    let tid = await s.finish({ records: [{ oid: big!, serial: 0, data: huge("a") }], readCurrent: [] });
+    const lent = s.loadOneSync(big!, tid, true)!;
+    const copy = Buffer.from(lent.data);
+    // lmdb-js lets its read snapshot go on a timer; then rewrites may reuse the pages.
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    for (const c of ["b", "c", "d"]) {
+      tid = await other.finish({ records: [{ oid: big!, serial: tid, data: huge(c) }], readCurrent: [] });
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    expect(Buffer.compare(Buffer.from(lent.data), copy)).toBe(0); // not toEqual: a 17 MiB diff
+    await other.close();
+    await s.close();
+  }, 60_000);
 });
 
 describe("damaged data", () => {
