@@ -176,7 +176,7 @@ describe("npm pack, installed into a new project", () => {
       join(app, "plain.mjs"),
       `${PROBE}
 import { DB, PersistentList, stateOf } from "amberdb";
-import { expectRoundTrips } from "amberdb/testing";
+import { expectRoundTrips, storageContract } from "amberdb/testing";
 const imported = probe();
 const [path, server] = process.argv.slice(2);
 let db = await DB.open(path);
@@ -192,7 +192,7 @@ const remote = await DB.open(server);
 await remote.transact((root) => root.set("answer", 42n));
 const answer = await remote.transact((root) => root.get("answer"));
 await remote.close();
-console.log(JSON.stringify({ imported, embedded, answer: String(answer) }));
+console.log(JSON.stringify({ imported, embedded, answer: String(answer), contract: typeof storageContract }));
 `,
     );
     const store = join(dir, "plain-store");
@@ -201,6 +201,7 @@ console.log(JSON.stringify({ imported, embedded, answer: String(answer) }));
       imported: { lmdb: false, workers: 0 },
       embedded: { first: { title: "Dune", copies: 3 }, state: "saved" },
       answer: "42",
+      contract: "function", // amberdb/testing loads without vitest (not installed here)
     });
 
     // The installed command, on plain node.
