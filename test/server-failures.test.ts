@@ -1,7 +1,10 @@
 /**
  * The storage server (`amber serve`) under failure and bad input, end to end through real
  * processes: clients that die mid-commit, a server restarted under its clients, malformed
- * and fuzzed frames, tokens, TLS, and a clean shutdown while clients commit.
+ * and fuzzed frames, tokens, TLS, and a clean shutdown while clients commit; what one
+ * client can make the server hold (pipelining without reading, large frames before
+ * authentication) and fairness between clients. (Servers that die during a commit:
+ * server-crash-commits.test.ts.)
  *
  * Every server and fixture process is started here and stopped by its handle in
  * afterEach. The fuzz test's seed can be set with AMBER_FUZZ_SEED to replay a failure.
@@ -13,7 +16,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { AmberError, DB, Persistent, StorageError, TransactionError, oidOf, persistent, serialOf } from "../src/index.ts";
-import { Cmd, FrameReader, FrameWriter, HEADER, PROTOCOL_VERSION, Reply } from "../src/storage/server/protocol.ts";
+import { Cmd, COMMIT_ID_KEY, FrameReader, FrameWriter, HEADER, PROTOCOL_VERSION, Reply } from "../src/storage/server/protocol.ts";
 import type { ClientStorage } from "../src/storage/server/client-storage.ts";
 import type { CommitRequest } from "../src/storage/storage.ts";
 import { AMBER_BIN, startServer, type ServerProcess } from "./server-process.ts";
@@ -91,6 +94,16 @@ async function client(url: string, options: Parameters<typeof DB.open>[1] = {}):
 const fatal = (s: ServerProcess) => /FATAL ERROR[^\n]*|Error:[^\n]*/.exec(s.log())?.[0] ?? `exit ${s.child.exitCode ?? s.child.signalCode}`;
 
 const protocolErrors = (log: string) => (log.match(/ProtocolError/g) ?? []).length;
+
+/** A process's resident set size in bytes (Linux), or undefined. */
+function rssOf(pid: number): number | undefined {
+  try {
+    const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+    return m === null ? undefined : Number(m[1]) * 1024;
+  } catch {
+    return undefined;
+  }
+}
 
 function isAlive(s: ServerProcess): boolean {
   return s.child.exitCode === null && s.child.signalCode === null;
@@ -632,6 +645,100 @@ describe("amber serve: failures and bad input (real processes)", () => {
     expect(server.log()).toMatch(/ProtocolError.*MessagePack/);
   }, 30_000);
 
+  // Regression test: a client that pipelined LOADs and never read its replies once grew the
+  // server to 5.9 GB RSS (until a 512 MiB backlog cap closed it); now the server stops
+  // reading from it instead.
+  it("a client that pipelines requests and never reads: the server stops reading it, its memory stays bounded, others go on", async (ctx) => {
+    if (rssOf(process.pid) === undefined) ctx.skip("no /proc/<pid>/status here: cannot read the server's RSS");
+    const server = await serve(storeDir(), ["--durability", "relaxed"]);
+    const db = await client(server.url);
+    const blob = "x".repeat(256 * 1024);
+    await seed(db, Object.fromEntries(Array.from({ length: 40 }, (_, i) => [`big${i}`, new Box(i, blob)])));
+    const conn = db.open({ cacheSize: 1000 });
+    const oids = Array.from({ length: 40 }, (_, i) => oidOf(conn.root().get(`big${i}`) as Box)!);
+    await conn.close();
+    await seed(db, { box: new Box(0, "counter") });
+    const at = await db.storage.lastTid();
+    const baseline = rssOf(server.child.pid!)!;
+
+    // ~10 MB per reply: 4,000 requests ask for 40 GB of replies, none of them read.
+    const hog = await Raw.open(server.port);
+    await hog.hello();
+    hog.socket.pause();
+    const load = frame(2, Cmd.LOAD, (w) => w.num(at).nums(oids));
+    const REQUESTS = 4000;
+    for (let i = 0; i < REQUESTS; i++) {
+      load.writeUInt32BE(2 + i, 4);
+      hog.socket.write(Buffer.from(load));
+    }
+    let peak = baseline;
+    const t0 = Date.now();
+    while (Date.now() - t0 < 3000) {
+      peak = Math.max(peak, rssOf(server.child.pid!) ?? 0);
+      await sleep(50);
+    }
+    // Another client is served meanwhile.
+    expect(await within(readAndBump(db), 10_000, "a commit by another client while the hog waits")).toBe(1);
+    peak = Math.max(peak, rssOf(server.child.pid!) ?? 0);
+    const mb = (n: number) => Math.round(n / 1024 / 1024);
+    console.log(`server RSS: ${mb(baseline)} MB before, at most ${mb(peak)} MB while a client pipelined ${REQUESTS} LOADs of ~10 MB replies without reading`);
+    expect(peak - baseline, `RSS grew from ${mb(baseline)} MB to ${mb(peak)} MB`).toBeLessThan(400 * 1024 * 1024);
+    expect(isAlive(server)).toBe(true);
+    expect(hog.closed, "held back, not disconnected").toBe(false);
+    // It reads now: its replies come (in order of its requests).
+    hog.socket.resume();
+    const first = await hog.waitReply(2, 20_000);
+    expect(first.kind).toBe(Reply.OK);
+    hog.socket.destroy();
+    expect(server.log()).not.toMatch(/ProtocolError/);
+  }, 90_000);
+
+  it("before authentication a frame may be 16 KiB at most: a larger declared length closes the socket with a logged ProtocolError", async () => {
+    const server = await serve(storeDir(), ["--durability", "relaxed"]); // --max-frame: 64 MiB
+    const db = await client(server.url);
+    await seed(db, { box: new Box(1, "kept") });
+    const at = await db.storage.lastTid();
+    // Four sockets declare a 64 MiB HELLO and start sending it: each is closed at the header.
+    const hogs = await Promise.all(Array.from({ length: 4 }, () => Raw.open(server.port)));
+    for (const h of hogs) h.send(rawFrame(64 * 1024 * 1024 - 16, Buffer.alloc(256 * 1024, 1)));
+    for (const h of hogs) expect(await h.closedWithin(5000), "closed at the declared length").toBe(true);
+    await until(() => (server.log().match(/before authentication/g) ?? []).length >= 4, "the ProtocolErrors in the log");
+    expect(server.log()).toMatch(/ProtocolError from client \S+: frame length 67108848 is outside the allowed range \[5, 16384\] before authentication/);
+    // A HELLO just over the limit (a huge token) too.
+    const big = await Raw.open(server.port);
+    big.send(helloFrame(1, "t".repeat(17 * 1024)));
+    expect(await big.closedWithin(5000)).toBe(true);
+    expect(big.frames()).toEqual([]);
+    // After HELLO the server's limit holds: a 1 MB request is served.
+    const ok = await Raw.open(server.port);
+    await ok.hello();
+    ok.send(frame(2, Cmd.LOAD, (w) => w.num(at).nums(Array.from({ length: 128 * 1024 }, (_, i) => i))));
+    expect((await ok.waitReply(2, 10_000)).kind).toBe(Reply.OK);
+    expect(await within(readAndBump(db), 5000, "a commit by a regular client")).toBe(2);
+  }, 60_000);
+
+  it("clients are served fairly: another client commits while one floods the server with pipelined requests", async () => {
+    const server = await serve(storeDir(), ["--durability", "relaxed"]);
+    const db = await client(server.url);
+    await seed(db, { box: new Box(0, "counter") });
+    const floods = await Promise.all([Raw.open(server.port), Raw.open(server.port)]);
+    for (const f of floods) await f.hello();
+    const FRAMES = 20_000;
+    const lastTids = Buffer.concat(Array.from({ length: FRAMES }, (_, i) => frame(2 + i, Cmd.LAST_TID)));
+    floods[0]!.send(lastTids); // read as they come
+    floods[1]!.socket.pause(); // and one that never reads
+    floods[1]!.send(lastTids);
+    await sleep(20);
+    const t0 = Date.now();
+    expect(await within(readAndBump(db), 20_000, "a commit while two clients flood the server")).toBe(1);
+    const commitMs = Date.now() - t0;
+    const served = floods[0]!.frames().length;
+    console.log(`a commit took ${commitMs} ms while a client had ${FRAMES - served} of ${FRAMES} pipelined LAST_TIDs unanswered`);
+    await floods[0]!.waitReply(FRAMES + 1, 30_000);
+    expect(isAlive(server)).toBe(true);
+    expect(server.log()).not.toMatch(/ProtocolError/);
+  }, 60_000);
+
   // Regression test: NEW_OIDS with an absurd count is refused (the server once ran out of heap).
   it("NEW_OIDS with an absurd count does not take the server down", async () => {
     const server = await serveWithHeap(256, storeDir(), ["--durability", "relaxed"]);
@@ -672,7 +779,7 @@ describe("amber serve: failures and bad input (real processes)", () => {
     const request: CommitRequest = {
       records: [{ oid: boxOid, serial: 1, data: boxRecord!.data }],
       readCurrent: [{ oid: 0, serial: 1 }],
-      meta: { user: "fuzz" },
+      meta: { user: "fuzz", [COMMIT_ID_KEY]: "fuzz/1" },
     };
     const templates: Record<keyof typeof Cmd, (id: number) => Buffer> = {
       HELLO: (id) => helloFrame(id),
@@ -691,6 +798,7 @@ describe("amber serve: failures and bad input (real processes)", () => {
       CHANGES_SINCE: (id) => frame(id, Cmd.CHANGES_SINCE, (w) => w.num(0)),
       TRANSACTIONS: (id) => frame(id, Cmd.TRANSACTIONS, (w) => w.num(0).num(10)),
       UNDO: (id) => frame(id, Cmd.UNDO, (w) => w.num(1)),
+      COMMIT_STATUS: (id) => frame(id, Cmd.COMMIT_STATUS, (w) => w.msgpack(`fuzz/${id % 3}`).num(at)),
     };
     const names = Object.keys(templates) as Array<keyof typeof Cmd>;
     const withLength = (f: Buffer): Buffer => {
@@ -730,13 +838,29 @@ describe("amber serve: failures and bad input (real processes)", () => {
     // connections (only their interleaving over the parallel sockets varies).
     interface Plan {
       n: number;
-      hello: "wait" | "pipelined" | "none";
+      /** "flood": valid requests pipelined by the hundred, never read, then the socket is dropped. */
+      hello: "wait" | "pipelined" | "none" | "flood";
       chunks: Buffer[];
       frames: number;
     }
     const plans: Plan[] = [];
     for (let planned = 0; planned < TOTAL_FRAMES; ) {
       const mode = rand();
+      if (mode >= 0.9) {
+        if (mode < 0.95) {
+          // A client that does not read: the server holds it back instead of buffering for it.
+          const count = 200 + int(800);
+          const floodKinds = ["LAST_TID", "LOAD", "LOAD_CLOSURE", "LOAD_PLAN", "COMMIT_STATUS"] as const;
+          const parts = Array.from({ length: count }, (_, i) => templates[pick(floodKinds)](2 + i));
+          plans.push({ n: plans.length, hello: "flood", chunks: [Buffer.concat(parts)], frames: count });
+        } else {
+          // Before authentication, a frame over the pre-auth cap (16 KiB) but under --max-frame.
+          const length = 16 * 1024 + 1 + int(1_048_576 - 16 * 1024);
+          plans.push({ n: plans.length, hello: "none", chunks: [rawFrame(length, bytes(int(4096)))], frames: 1 });
+        }
+        planned += 6;
+        continue;
+      }
       const count = 1 + int(6);
       let id = 2;
       const parts: Buffer[] = [];
@@ -748,7 +872,7 @@ describe("amber serve: failures and bad input (real processes)", () => {
         chunks.push(stream.subarray(0, cut));
         stream = stream.subarray(cut);
       }
-      plans.push({ n: plans.length, hello: mode < 0.6 ? "wait" : mode < 0.8 ? "pipelined" : "none", chunks, frames: count });
+      plans.push({ n: plans.length, hello: mode < 0.55 ? "wait" : mode < 0.75 ? "pipelined" : "none", chunks, frames: count });
       planned += count;
     }
 
@@ -761,9 +885,17 @@ describe("amber serve: failures and bad input (real processes)", () => {
       let raw: Raw;
       try {
         raw = await Raw.open(server.port);
-        if (plan.hello === "wait") await raw.hello();
+        if (plan.hello === "wait" || plan.hello === "flood") await raw.hello();
       } catch (err) {
         if (isAlive(server)) failures.push(`connection ${plan.n}: ${String(err)}`);
+        return;
+      }
+      if (plan.hello === "flood") {
+        raw.socket.pause();
+        for (const chunk of plan.chunks) raw.send(chunk);
+        sent += plan.frames;
+        await sleep(20);
+        raw.socket.destroy();
         return;
       }
       if (plan.hello === "pipelined") raw.send(helloFrame(1));

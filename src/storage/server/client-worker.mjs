@@ -1,5 +1,7 @@
 /**
- * The socket half of the client storage (client-storage.ts), in a worker thread.
+ * The socket half of the client storage (client-storage.ts), in a worker thread: the
+ * worker of its request/response channel (../remote/rpc-channel.ts, whose message
+ * contract this follows; the channel adds `port` and `signal` to the worker data).
  *
  * It owns the TCP/TLS socket and does nothing but move frames: frames from the main
  * thread go to the socket as they are; bytes from the socket are cut into whole frames

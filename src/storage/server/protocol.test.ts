@@ -10,6 +10,7 @@ import type { Changes, CommitRequest, PlanStep, StorageConflict, StoredRecord, T
 import {
   CLIENT_MAX_FRAME,
   Cmd,
+  CommitOutcome,
   FrameReader,
   FrameSplitter,
   FrameWriter,
@@ -187,6 +188,14 @@ const COMMANDS: Record<keyof typeof Cmd, { request: Case[]; reply: Case[] }> = {
     })),
   },
   UNDO: { request: [tid(4321)], reply: [tid(4322)] },
+  COMMIT_STATUS: {
+    request: [{ write: (w) => w.msgpack("5b1c-commit/17").num(MAX), read: (r) => [r.msgpack(), r.id53("tid")], expected: ["5b1c-commit/17", MAX] }],
+    reply: [
+      [CommitOutcome.COMMITTED, MAX],
+      [CommitOutcome.NOT_COMMITTED, 0],
+      [CommitOutcome.UNKNOWN, 0],
+    ].map(([outcome, t]) => ({ write: (w: FrameWriter) => w.u8(outcome!).num(t!), read: (r: FrameReader) => [r.u8(), r.id53("tid")], expected: [outcome, t] })),
+  },
 };
 
 describe("protocol frames: every command and its OK reply", () => {
