@@ -95,9 +95,12 @@ export class DB implements ConnectionHost, AsyncDisposable {
    * Run `fn` in a transaction on a pooled connection and commit. After a ConflictError the
    * changes are aborted and `fn` runs again on a fresh snapshot, with jittered exponential
    * backoff, up to `retries` more times; then the last ConflictError is thrown.
-   * A transaction that lost its server connection before committing (code "disconnected")
-   * is run again the same way. Any other error aborts and is thrown at once (including
-   * "commit-unknown": the connection dropped during the commit, which may have happened).
+   * A transaction that did not commit because its server connection was lost (code
+   * "disconnected": lost before the commit, or during it and the server, asked after the
+   * reconnect, says it did not happen and now never will) is run again the same way: only
+   * what did not happen is retried. Any other error aborts and is thrown at once, including
+   * "commit-unknown" (the server could not be reached again to ask: the commit may have
+   * happened, and running it again could apply it twice).
    */
   async transact<T>(
     fn: (root: PersistentMap<string, any>, conn: Connection) => T | Promise<T>,
@@ -115,7 +118,8 @@ export class DB implements ConnectionHost, AsyncDisposable {
           return result;
         } catch (err) {
           conn.abort();
-          // A lost server connection fails the transaction before it commits: safe to run again.
+          // "disconnected": nothing of this transaction was committed (a commit whose connection
+          // was lost is only reported so once the server said it did not happen): safe to run again.
           const disconnected = err instanceof AmberError && err.code === "disconnected";
           if (!(err instanceof ConflictError) && !(disconnected && attempt <= retries)) throw err;
           if (err instanceof ConflictError && attempt > retries) throw new ConflictError(err.conflicts, { cause: err, attempts: attempt });
