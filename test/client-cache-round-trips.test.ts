@@ -4,9 +4,8 @@
  * (`remoteRequests`); a ghost touched while another connection of the same DB has its
  * record cached sends none.
  *
- * The connection-level assertion needs the connection to count round trips from
- * `remoteRequests` (src/connection/object-loader.ts, `loadOne`); until it does, that test
- * is marked `it.fails` — remove the `.fails` when the connection counts them.
+ * The connection counts a synchronous load's round trips from `remoteRequests`
+ * (src/connection/object-loader.ts, `loadOne`).
  */
 import { afterEach, describe, expect, it } from "vitest";
 import { DB, Persistent, persistent } from "../src/index.ts";
@@ -61,7 +60,7 @@ describe("a load answered from the client's record cache is no round trip", () =
   });
 
   // NEEDS THE CONNECTION CHANGE (object-loader.ts counts remoteRequests): remove `.fails` then.
-  it.fails("a warm client-cache hit counts 0 round trips in conn.stats", async () => {
+  it("a warm client-cache hit counts 0 round trips in conn.stats", async () => {
     const { box } = await warmSetup();
     const c = await countRoundTrips(() => box.value);
     expect(c.loads, "the object was loaded").toBe(1);

@@ -25,8 +25,10 @@ import { dropState, holdsContainers, putState } from "./object-state.ts";
 export function loadOne(c: Core, oid: Oid, className: string): StoredRecord {
   const s = c.storage;
   if (s.loadOneSync !== undefined) {
-    c.stats.roundTrips++;
+    const sent = s.remoteRequests;
     const rec = s.loadOneSync(oid, c.tid, true);
+    // A remote storage says how many requests the load sent: none for a record from its cache.
+    c.stats.roundTrips += sent === undefined ? 1 : (s.remoteRequests ?? sent) - sent;
     if (s.session !== c.session) checkSession(c);
     if (rec === null) throw notFound(c, oid, className);
     c.stats.loads++;

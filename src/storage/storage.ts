@@ -52,8 +52,10 @@
  *                         ProtocolError "protocol"     a peer that does not speak amberdb
  *   vote                  nothing else: conflicts are its return value
  *   finish                ConflictError "conflict"     a conflict not merged by `resolve`; nothing written
- *                         StorageError "commit-unknown" (remote) the connection dropped during the
- *                                                      commit, which may or may not have happened
+ *                         StorageError "disconnected"  (remote) the connection dropped and the
+ *                                                      commit did not happen (the client asked)
+ *                         StorageError "commit-unknown" (remote) the server could not be reached
+ *                                                      again within commitRecoveryMs to ask
  *                         whatever `resolve` throws    nothing written
  *   vote, finish, undo,   StorageError "read-only"     a storage opened read-only
  *   newOids
@@ -250,6 +252,13 @@ export interface Storage extends Partial<SyncAccess> {
    * it instead of reading on. Local storages leave it undefined.
    */
   readonly session?: number;
+  /**
+   * Requests sent to a remote server since the storage was opened (each one round trip).
+   * A remote storage that answers some calls itself (from a record cache) has it; the
+   * connection counts the requests a synchronous load sent (possibly none) instead of one
+   * per call. Local storages leave it undefined (each call is one round trip).
+   */
+  readonly remoteRequests?: number;
 
   /** The newest committed tid (0 for an empty storage). */
   lastTid(): Promise<Tid>;
