@@ -62,7 +62,7 @@ export function makeTarget(kind: string): Target {
   if (kind === "memory:" || kind === "memory") {
     const storage = new MemoryStorage();
     // A view of the storage whose close() keeps the data, so a "new DB object" sees it.
-    const keep = { url: storage.url, capabilities: storage.capabilities } as Record<PropertyKey, unknown>;
+    const keep = { url: storage.url, id: storage.id, capabilities: storage.capabilities } as Record<PropertyKey, unknown>;
     for (const k of Object.getOwnPropertyNames(Object.getPrototypeOf(storage))) {
       const v = (storage as unknown as Record<string, unknown>)[k];
       if (typeof v === "function" && k !== "constructor") keep[k] = v.bind(storage);

@@ -392,6 +392,12 @@ describe("bad input to DB and Connection", () => {
     await expect(DB.open("postgres://127.0.0.1:1/x")).rejects.toThrow(/postgres:\/\/ storage is not available/);
     await expect(DB.open("amber://127.0.0.1:1")).rejects.toThrow(/^cannot connect to amber:\/\/127.0.0.1:1: .*ECONNREFUSED/);
     await expect(DB.open("amber://")).rejects.toThrow(/not a valid amber:\/\/ URL/);
+    // A Storage object missing part of the synchronous group would never invalidate: refused.
+    const { MemoryStorage } = await import("../src/index.ts");
+    const partial = new MemoryStorage();
+    Object.defineProperty(partial, "changesSinceSync", { value: undefined });
+    await expect(DB.open(partial)).rejects.toThrow(/DB\.open\(\): .*is not a complete Storage: .*lacks changesSinceSync\(\)/);
+    await partial.close();
     const db = await DB.open("memory:");
     const conn = db.open();
     expect(() => conn.get(-1)).toThrow(/oid must be a non-negative integer, got -1/);

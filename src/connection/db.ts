@@ -6,7 +6,7 @@
 import { AmberError, ConflictError, TransactionError } from "../errors.ts";
 import { isPersistent, metaOf, type Persistent } from "../persistent/persistent.ts";
 import { openStorage, type StorageOptions } from "../storage/open-storage.ts";
-import { ROOT_OID, type Storage, type Tid } from "../storage/storage.ts";
+import { ROOT_OID, checkStorage, type Storage, type Tid } from "../storage/storage.ts";
 import { Connection, createRoot, decodeHistory, discard, reopen, type ConnectionHost, type ConnectionOptions } from "./connection.ts";
 import type { PersistentMap } from "../persistent/persistent-map.ts";
 
@@ -54,6 +54,9 @@ export class DB implements ConnectionHost, AsyncDisposable {
         `DB.open() expects a storage URL or path (string) or a Storage object, got ${target === null ? "null" : typeof target}`,
       );
     }
+    // A Storage object must be complete (the synchronous members all or none): one without
+    // changesSinceSync would compile and silently never invalidate.
+    if (typeof target !== "string") checkStorage(target, "DB.open()");
     const storage = typeof target === "string" ? await openStorage(target, options) : target;
     const db = new DB(storage, await storage.lastTid(), options);
     try {
