@@ -17,6 +17,7 @@ const workloads: Record<string, { script: string; nodeArgs?: string[]; perStorag
   conflicts: { script: "bench/conflicts.ts", perStorage: true, table: true },
   btree: { script: "bench/btree.ts", perStorage: true, table: true },
   "btree-writers": { script: "bench/btree-writers.ts", perStorage: true, table: true },
+  "commit-fairness": { script: "bench/commit-fairness.ts", perStorage: false, table: true },
 };
 
 const args = process.argv.slice(2);
