@@ -42,7 +42,27 @@ export {
   type ConflictDetail,
   type ErrorCode,
 } from "./errors.ts";
-export type { Oid, Tid, Storage, StoredRecord, CommitRequest, StorageConflict, Changes } from "./storage/storage.ts";
+export type {
+  Oid,
+  Tid,
+  Storage,
+  SyncAccess,
+  SyncStorage,
+  StorageCapabilities,
+  StoredRecord,
+  RecordToStore,
+  CommitRequest,
+  StorageConflict,
+  ResolveInCommit,
+  Changes,
+  TransactionInfo,
+  ClosureOptions,
+  ClosureResult,
+  PlanStep,
+  PlanOptions,
+  PlanResult,
+} from "./storage/storage.ts";
+export { ROOT_OID, checkStorage, hasSyncAccess } from "./storage/storage.ts";
 export { MemoryStorage } from "./storage/memory-storage.ts";
 export { LmdbStorage } from "./storage/lmdb/lmdb-storage.ts";
 export { openStorage, type StorageOptions } from "./storage/open-storage.ts";

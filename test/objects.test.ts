@@ -398,6 +398,7 @@ describe("bad input to DB and Connection", () => {
     Object.defineProperty(partial, "changesSinceSync", { value: undefined });
     await expect(DB.open(partial)).rejects.toThrow(/DB\.open\(\): .*is not a complete Storage: .*lacks changesSinceSync\(\)/);
     await partial.close();
+    await expect(DB.open({ url: "x" } as never)).rejects.toThrow(/DB\.open\(\): .*is not a complete Storage: missing id .*vote\(\)/);
     const db = await DB.open("memory:");
     const conn = db.open();
     expect(() => conn.get(-1)).toThrow(/oid must be a non-negative integer, got -1/);

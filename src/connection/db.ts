@@ -49,13 +49,11 @@ export class DB implements ConnectionHost, AsyncDisposable {
    * database is new.
    */
   static async open(target: string | Storage, options: DBOptions = {}): Promise<DB> {
-    if (typeof target !== "string" && !isStorage(target)) {
+    if (typeof target !== "string" && (typeof target !== "object" || target === null)) {
       throw new TypeError(
         `DB.open() expects a storage URL or path (string) or a Storage object, got ${target === null ? "null" : typeof target}`,
       );
     }
-    // A Storage object must be complete (the synchronous members all or none): one without
-    // changesSinceSync would compile and silently never invalidate.
     if (typeof target !== "string") checkStorage(target, "DB.open()");
     const storage = typeof target === "string" ? await openStorage(target, options) : target;
     const db = new DB(storage, await storage.lastTid(), options);
@@ -213,16 +211,4 @@ export class DB implements ConnectionHost, AsyncDisposable {
       await conn.close();
     }
   }
-}
-
-function isStorage(value: unknown): value is Storage {
-  const s = value as Partial<Storage> | null;
-  return (
-    typeof s === "object" &&
-    s !== null &&
-    typeof s.lastTid === "function" &&
-    typeof s.load === "function" &&
-    typeof s.vote === "function" &&
-    typeof s.finish === "function"
-  );
 }
