@@ -4,15 +4,8 @@
  * registry by name.
  *
  * Bytes are written by msgpackr (with `moreTypes` for Date, RegExp, Set, BigInt and typed
- * arrays) and these extensions of ours:
- *
- *   type  payload                     meaning
- *   1     index into the refs table   a reference to a persistent object (the envelope's
- *                                     header holds its oid, class and property path)
- *   2     [className, fields]         an instance of a registered value class
- *   3     nil                         negative zero (MessagePack integers cannot hold it)
- *   5     [k1, v1, k2, v2, ...]       a Map (in plain mode, see below)
- *   6     binary                      a Node Buffer (a Uint8Array comes back as one)
+ * arrays) and the extensions of ours listed in extensions.ts (types 1 and 2, which need
+ * the record being encoded or decoded, are registered here).
  *
  * Two writers: states whose walk found a container reached twice (shared or cyclic) are
  * written in msgpackr's structured-clone mode, which needs its "records" encoding of
@@ -30,32 +23,12 @@
  * state holds mutable containers (which the connection then compares by re-encoding).
  */
 import { addExtension, Packr } from "msgpackr";
+import { BrokenValue, BufferBox, MapBox, NEG_ZERO } from "./extensions.ts";
+
+export { BrokenValue };
 import { isPersistent, Persistent } from "../persistent/persistent.ts";
 import { classByName, infoOfClass } from "../persistent/class-registry.ts";
 import { BrokenObject } from "../persistent/broken-object.ts";
-
-/** A value of a class that is not registered in this process, kept as it was stored. */
-export class BrokenValue {
-  constructor(
-    /** The stored class name. */
-    readonly className: string,
-    /** The stored fields, readable. */
-    readonly fields: Record<string, unknown>,
-  ) {}
-}
-
-class NegativeZero {}
-const NEG_ZERO = new NegativeZero();
-
-/** A Buffer, so it comes back as a Buffer (MessagePack binary comes back as Uint8Array). */
-class BufferBox {
-  constructor(readonly bytes: Uint8Array) {}
-}
-
-/** A Map on its way into plain mode (extension 5). */
-class MapBox {
-  constructor(readonly map: Map<unknown, unknown>) {}
-}
 
 export interface EncodedState {
   state: Uint8Array;
@@ -108,35 +81,6 @@ let decodingRefs: readonly unknown[] | null = null;
 // storage only lends for the duration of the decode.
 const cloningPackr = new Packr({ structuredClone: true, mapsAsObjects: false, moreTypes: true, copyBuffers: true });
 const plainPackr = new Packr({ useRecords: false, mapsAsObjects: true, moreTypes: true, copyBuffers: true });
-
-addExtension({
-  Class: NegativeZero,
-  type: 3,
-  write: () => null,
-  read: () => -0,
-});
-
-addExtension({
-  Class: MapBox,
-  type: 5,
-  write(box: MapBox) {
-    const flat: unknown[] = [];
-    for (const [k, v] of box.map) flat.push(k, v);
-    return flat;
-  },
-  read(flat: unknown[]) {
-    const map = new Map<unknown, unknown>();
-    for (let i = 0; i < flat.length; i += 2) map.set(flat[i], flat[i + 1]);
-    return map;
-  },
-});
-
-addExtension({
-  Class: BufferBox,
-  type: 6,
-  write: (box: BufferBox) => box.bytes,
-  read: (bytes: Uint8Array) => Buffer.from(bytes),
-});
 
 let persistentExtensionAdded = false;
 const valueExtensions = new Set<Function>();
