@@ -63,9 +63,12 @@ export function makeTarget(kind: string): Target {
     const storage = new MemoryStorage();
     // A view of the storage whose close() keeps the data, so a "new DB object" sees it.
     const keep = { url: storage.url, id: storage.id, capabilities: storage.capabilities } as Record<PropertyKey, unknown>;
-    for (const k of Object.getOwnPropertyNames(Object.getPrototypeOf(storage))) {
-      const v = (storage as unknown as Record<string, unknown>)[k];
-      if (typeof v === "function" && k !== "constructor") keep[k] = v.bind(storage);
+    // Every method along the prototype chain (the storages share a base class).
+    for (let proto = Object.getPrototypeOf(storage); proto !== null && proto !== Object.prototype; proto = Object.getPrototypeOf(proto)) {
+      for (const k of Object.getOwnPropertyNames(proto)) {
+        const v = (storage as unknown as Record<string, unknown>)[k];
+        if (typeof v === "function" && k !== "constructor" && !(k in keep)) keep[k] = v.bind(storage);
+      }
     }
     keep.close = async () => {};
     keep[Symbol.asyncDispose] = async () => {};
