@@ -70,17 +70,19 @@ function outOfLine<F extends (...args: never[]) => unknown>(fn: F): F {
   return new Function(
     "fn",
     "sink",
-    `return function outOfLine(a, b, c) {
+    `return function outOfLine(a, b, c, d) {
       if (a === sink) {
 ${filler}
       }
-      return fn(a, b, c);
+      return fn(a, b, c, d);
     };`,
   )(fn, {}) as F;
 }
 
 const slowGet = outOfLine(slowGetImpl);
 const slowSet = outOfLine(slowSetImpl);
+/** Once per object and transaction (the first nested value handed out): out of line too. */
+const handedOutOfLine = outOfLine(handedField);
 
 function slowGetImpl(obj: Persistent, key: string): unknown {
   const m = metaOf(obj);
@@ -137,7 +139,7 @@ function makePair(key: string): Pair {
       },
     };
   })`;
-  return (compileWithMeta(source) as (...fns: unknown[]) => Pair)(slowGet, slowSet, handedField, changed);
+  return (compileWithMeta(source) as (...fns: unknown[]) => Pair)(slowGet, slowSet, handedOutOfLine, changed);
 }
 
 function pairOf(cf: ClassFields, key: string): Pair {
