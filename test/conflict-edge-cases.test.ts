@@ -57,6 +57,17 @@ async function open(url = "memory:"): Promise<DB> {
   return db;
 }
 
+/** Commits root.t = BTree {1: "a", 2: "b"} and root.x = a new Item. */
+async function seedTreeAndItem(db: DB): Promise<void> {
+  await db.transact((root) => {
+    const t = new BTree<number, string>();
+    t.set(1, "a");
+    t.set(2, "b");
+    root.set("t", t);
+    root.set("x", new Item());
+  });
+}
+
 function errorOf(p: Promise<unknown>): Promise<unknown> {
   return p.then(
     () => undefined,
@@ -85,13 +96,7 @@ function afterFirstConflictingVote(db: DB, during: () => Promise<void>): void {
 describe("conflict resolution edge cases on memory", () => {
   it("after the readCurrent failure above, db.transact can still succeed (no permanent conflict)", async () => {
     const db = await open();
-    await db.transact((root) => {
-      const t = new BTree<number, string>();
-      t.set(1, "a");
-      t.set(2, "b");
-      root.set("t", t);
-      root.set("x", new Item());
-    });
+    await seedTreeAndItem(db);
     const a = fresh(db);
     const b = fresh(db);
     const xa = a.root().get("x") as Item;
@@ -232,13 +237,7 @@ describe("conflict resolution edge cases on memory", () => {
 
   it("a prefetch in flight across a BTree replay does not install records of the old snapshot", async () => {
     const db = await open();
-    await db.transact((root) => {
-      const t = new BTree<number, string>();
-      t.set(1, "a");
-      t.set(2, "b");
-      root.set("t", t);
-      root.set("x", new Item());
-    });
+    await seedTreeAndItem(db);
     const a = fresh(db);
     const b = fresh(db);
     const xa = a.root().get("x") as Item; // a ghost
@@ -281,13 +280,7 @@ for (const s of storages) {
   describe(`BTree replay on ${s.name}`, () => {
     it("readCurrent object changed between the first vote and the replay is not left stale", async () => {
       const db = await open(s.url());
-      await db.transact((root) => {
-        const t = new BTree<number, string>();
-        t.set(1, "a");
-        t.set(2, "b");
-        root.set("t", t);
-        root.set("x", new Item());
-      });
+      await seedTreeAndItem(db);
       const a = fresh(db);
       const b = fresh(db);
       const xa = a.root().get("x") as Item;

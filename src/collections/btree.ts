@@ -80,30 +80,12 @@ import {
   type Path,
 } from "./btree-bucket.ts";
 import { checkTree } from "./btree-check.ts";
-import { ENTRIES, KEYS, VALUES, scan, type Bound } from "./btree-iterate.ts";
+import { ENTRIES, KEYS, VALUES, scan } from "./btree-iterate.ts";
+import { DEFAULT_SIZE, MIN_SIZE, rangeBounds, sizeOption, validSize, type BTreeOptions, type BTreeRangeOptions } from "./btree-options.ts";
 import { checkKey, ownKey, type BTreeKey } from "./key-compare.ts";
 import { ABSENT, CHANGED_IN_PLACE, logChange, logClear } from "./btree-merge.ts";
 
-export type { BTreeKey };
-
-export interface BTreeOptions {
-  /** Most keys in one bucket (an integer >= 4; default 64). */
-  bucketSize?: number;
-  /** Most children of one interior node (an integer >= 4; default 64). */
-  nodeSize?: number;
-}
-
-/** Bounds and direction of `BTree.range`: at most one lower and one upper bound. */
-export interface BTreeRangeOptions<K> {
-  gte?: K;
-  gt?: K;
-  lte?: K;
-  lt?: K;
-  /** Descending order (default ascending). */
-  reverse?: boolean;
-  /** Return at most this many entries (a non-negative integer; default all). */
-  limit?: number;
-}
+export type { BTreeKey, BTreeOptions, BTreeRangeOptions };
 
 const TREE: unique symbol = Symbol("amber.btree");
 
@@ -112,9 +94,6 @@ interface TreeData<K, V> {
   bucketSize: number;
   nodeSize: number;
 }
-
-const DEFAULT_SIZE = 64;
-const MIN_SIZE = 4;
 
 export class BTree<K extends BTreeKey = BTreeKey, V = unknown> extends Persistent implements Iterable<[K, V]> {
   declare [TREE]: TreeData<K, V>;
@@ -314,43 +293,6 @@ Object.defineProperty(BTree.prototype, ITEMS, {
 });
 registerClass(BTree, "amber.BTree");
 
-// ---------------------------------------------------------------------------------------
-// Options and range bounds.
-
-function validSize(n: unknown): n is number {
-  return typeof n === "number" && Number.isInteger(n) && n >= MIN_SIZE;
-}
-
-function sizeOption(n: unknown, name: string): number {
-  if (n === undefined) return DEFAULT_SIZE;
-  if (!validSize(n)) {
-    const got = typeof n === "number" ? String(n) : `${typeof n} ${JSON.stringify(n) ?? String(n)}`;
-    throw new RangeError(`BTree ${name} must be an integer >= ${MIN_SIZE}, got ${got}`);
-  }
-  return n;
-}
-
-function rangeBounds<K>(options: BTreeRangeOptions<K>): { lo?: Bound; hi?: Bound; reverse: boolean; limit: number } {
-  const { gte, gt, lte, lt, reverse = false, limit = Infinity } = options ?? {};
-  if (gte !== undefined && gt !== undefined) throw new TypeError("BTree.range: give gte or gt, not both");
-  if (lte !== undefined && lt !== undefined) throw new TypeError("BTree.range: give lte or lt, not both");
-  if (typeof limit !== "number" || !(limit >= 0) || (limit !== Infinity && !Number.isInteger(limit))) {
-    throw new RangeError(`BTree.range: limit must be a non-negative integer, got ${String(limit)}`);
-  }
-  const bound = (key: K | undefined, inclusive: boolean, name: string): Bound | undefined => {
-    if (key === undefined) return undefined;
-    checkKey(key, `range bound ${name}`);
-    return { key, inclusive };
-  };
-  return {
-    lo: gte !== undefined ? bound(gte, true, "gte") : bound(gt, false, "gt"),
-    hi: lte !== undefined ? bound(lte, true, "lte") : bound(lt, false, "lt"),
-    reverse: reverse === true,
-    limit,
-  };
-}
-
-// ---------------------------------------------------------------------------------------
 // ---------------------------------------------------------------------------------------
 // Changing.
 
